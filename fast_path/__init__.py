@@ -1,0 +1,1 @@
+"""fast_path: real-time SID decoding (constrained beam search, Recommender, micro-batching)."""

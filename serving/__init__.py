@@ -1,0 +1,1 @@
+"""serving: the product surface — the `reasonrec` CLI, FastAPI and gRPC front ends, A/B router."""

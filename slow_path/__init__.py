@@ -1,0 +1,1 @@
+"""slow_path: offline reasoning — Trace contract, Redis stores, reasoner backends, Celery app."""

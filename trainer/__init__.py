@@ -1,0 +1,1 @@
+"""trainer: produces the fast model, the reasoner and the release directory."""
