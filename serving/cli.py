@@ -20,6 +20,7 @@ from sid_index.errors import ReasonrecError
 
 # Packages that contribute subcommands; a module that does not exist yet is skipped.
 _COMMAND_MODULES = (
+    "sid_index.datasets.cli",
     "sid_index.cli",
     "trainer.cli",
     "slow_path.cli",
