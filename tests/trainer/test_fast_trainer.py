@@ -1,0 +1,78 @@
+"""Fast model training: batch construction (labels never on trace tokens) and checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fast_path.fast_model import FastModel, FastModelConfig, build_model
+from fast_path.vocab import TRACE, TRACE_END, FastVocab
+from trainer.checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
+from trainer.fast_trainer import FastTrainConfig, make_batch
+from trainer.teachers import DominantPrefixTeacher
+
+CODES = np.array([[i % 4, i // 4, 0] for i in range(12)], dtype=np.int32)
+
+
+def _fm() -> FastModel:
+    vocab = FastVocab(level_sizes=(4, 3, 1), num_personas=2)
+    cfg = FastModelConfig(
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=2,
+        intermediate_size=32,
+        max_positions=256,
+    )
+    return FastModel(build_model(vocab, cfg), vocab, cfg)
+
+
+def test_batch_labels_cover_items_only() -> None:
+    fm = _fm()
+    teacher = DominantPrefixTeacher(CODES, prefix_len=1)
+    seqs = [np.arange(10) % 12, np.array([3, 5, 7])]
+    cfg = FastTrainConfig(trace_dropout=0.0, max_items=8)
+    ids, mask, labels = make_batch(fm, CODES, [0, 1], seqs, teacher, cfg, np.random.default_rng(0))
+    for row in range(2):
+        n_items = min(len(seqs[row]), cfg.max_items)
+        tok = ids[row][mask[row].bool()]
+        lab = labels[row][mask[row].bool()]
+        # exactly the history's SID tokens are labelled, in order
+        assert int((lab != -100).sum()) == n_items * 3
+        assert (tok == TRACE).sum() == 1 and (tok == TRACE_END).sum() == 1
+        start, end = int((tok == TRACE).nonzero()), int((tok == TRACE_END).nonzero())
+        assert (lab[start : end + 1] == -100).all()
+        assert start >= 1 + 3  # the trace follows at least one history item
+        expected = torch.from_numpy(fm.vocab.sid_tokens(CODES[seqs[row][-n_items:]]).reshape(-1))
+        assert torch.equal(lab[lab != -100], expected)
+    # padding is masked and unlabelled
+    assert (labels[mask == 0] == -100).all()
+
+
+def test_trace_dropout_one_means_no_trace() -> None:
+    fm = _fm()
+    cfg = FastTrainConfig(trace_dropout=1.0)
+    ids, _, _ = make_batch(
+        fm, CODES, [0], [np.arange(6)], DominantPrefixTeacher(CODES), cfg, np.random.default_rng(0)
+    )
+    assert not (ids == TRACE).any()
+
+
+def test_checkpoint_round_trip_restores_optimizer(tmp_path: Path) -> None:
+    fm = _fm()
+    opt = torch.optim.AdamW(fm.model.parameters(), lr=1e-3)
+    ids = torch.tensor([[1, 9, 13, 16, 10, 14, 16]])
+    fm.model(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    save_checkpoint(tmp_path / "last", fm.model, opt, {"epoch": 3, "best": 0.5})
+    assert load_trainer_state(tmp_path / "last")["epoch"] == 3
+    opt2 = torch.optim.AdamW(fm.model.parameters(), lr=1e-3)
+    restore_optimizer(tmp_path / "last", opt2)
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert s1.keys() == s2.keys() and len(s1) > 0
+    for pid in s1:
+        torch.testing.assert_close(s1[pid]["exp_avg"], s2[pid]["exp_avg"])
+        torch.testing.assert_close(s1[pid]["exp_avg_sq"], s2[pid]["exp_avg_sq"])
+        assert float(s1[pid]["step"]) == float(s2[pid]["step"])

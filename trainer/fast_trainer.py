@@ -1,0 +1,279 @@
+"""Training loop of the fast model (`reasonrec train fast`).
+
+Every user's train sequence is one training example: the whole window is fed at once and the
+loss covers every item's SID tokens (each prefix predicts its next item, as in SASRec). With
+probability `1 - trace_dropout` a trace is computed by the teacher from the first `c` items and
+inserted after them (`fast_path/prompt.py`), so positions after `c` learn "with trace" and
+positions before it — and every position of a dropped-trace example — learn "no trace". One
+model therefore serves both modes (cold start, Redis miss).
+
+Runs unchanged under `torchrun` (DDP, gloo on CPU / nccl on GPU): users are sharded by rank,
+rank 0 validates, checkpoints and decides early stopping for everyone.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from fast_path.fast_model import FastModel
+from fast_path.prompt import encode
+from fast_path.vocab import PAD
+from sid_index.errors import ConfigError
+from trainer.checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
+from trainer.teachers import TraceTeacher
+from trainer.training_log import MetricsLog, progress
+
+log = logging.getLogger(__name__)
+
+EvalFn = Callable[[FastModel], dict[str, float]]
+"""Validation callback: metrics of the current model, must include `select_metric`."""
+
+
+@dataclass(frozen=True, slots=True)
+class FastTrainConfig:
+    """Optimisation settings of the fast model."""
+
+    epochs: int = 30
+    """Maximum number of passes over the users."""
+    batch_size: int = 64
+    """Users per optimizer step (per process under DDP)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    lr: float = 2e-3
+    """Peak AdamW learning rate (linear warm-up, cosine decay)."""
+    weight_decay: float = 0.05
+    """AdamW weight decay."""
+    warmup_steps: int = 100
+    """Linear warm-up steps."""
+    max_items: int = 30
+    """Longest history window in items (the most recent ones are kept)."""
+    trace_dropout: float = 0.3
+    """Probability that an example is trained without a trace."""
+    min_trace_frac: float = 0.5
+    """The trace covers at least this fraction of the window (the rest follows it)."""
+    patience: int = 4
+    """Stop after this many validations without improvement."""
+    select_metric: str = "valid/recall@10"
+    """Validation metric for early stopping and the best checkpoint."""
+    mixed_precision: str = "no"
+    """"no" or "bf16" (autocast)."""
+    seed: int = 0
+    """Seed of data order, trace cuts and dropout."""
+
+    def __post_init__(self) -> None:
+        if min(self.epochs, self.batch_size, self.grad_accum, self.max_items) < 1:
+            raise ConfigError("epochs, batch_size, grad_accum and max_items must be >= 1")
+        if not 0.0 <= self.trace_dropout <= 1.0:
+            raise ConfigError(f"{self.trace_dropout=} must be in [0, 1]")
+        if not 0.0 <= self.min_trace_frac <= 1.0:
+            raise ConfigError(f"{self.min_trace_frac=} must be in [0, 1]")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ConfigError(f"{self.mixed_precision=} must be 'no' or 'bf16'")
+        if self.lr <= 0:
+            raise ConfigError(f"{self.lr=} must be > 0")
+
+
+@dataclass
+class FastTrainResult:
+    """Outcome of a training run."""
+
+    best_epoch: int
+    best_metrics: dict[str, float]
+    epochs_run: int
+    train_seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def make_batch(
+    fm: FastModel,
+    codes: np.ndarray,
+    users: Sequence[int],
+    sequences: Sequence[np.ndarray],
+    teacher: TraceTeacher | None,
+    cfg: FastTrainConfig,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Encode a batch of users' train sequences with random trace cuts.
+
+    Returns:
+        input_ids (B, T), attention_mask (B, T), labels (B, T) with -100 everywhere except
+        on the history items' SID tokens (never on trace tokens).
+    """
+    L = fm.vocab.num_levels
+    rows: list[np.ndarray] = []
+    label_rows: list[np.ndarray] = []
+    for u, seq in zip(users, sequences, strict=True):
+        start = max(0, len(seq) - cfg.max_items)
+        window = seq[start:]
+        n = len(window)
+        trace = None
+        cut = n
+        if teacher is not None and n >= 2 and rng.random() >= cfg.trace_dropout:
+            lo = max(1, math.ceil(cfg.min_trace_frac * n))
+            cut = int(rng.integers(lo, n)) if lo < n else n - 1
+            trace = teacher.trace(int(u), seq[: start + cut])
+        tokens = encode(fm.vocab, codes[window], trace, cut)
+        is_item = np.ones(len(tokens), dtype=bool)
+        is_item[0] = False  # <bos>
+        if trace is not None:
+            t0 = 1 + cut * L
+            is_item[t0 : t0 + len(tokens) - 1 - n * L] = False
+        rows.append(tokens)
+        label_rows.append(np.where(is_item, tokens, -100))
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), PAD, dtype=np.int64)
+    labels = np.full((len(rows), width), -100, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, (r, lab) in enumerate(zip(rows, label_rows, strict=True)):
+        ids[i, : len(r)] = r
+        labels[i, : len(r)] = lab
+        mask[i, : len(r)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(labels)
+
+
+def _lr_lambda(cfg: FastTrainConfig, total_steps: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        frac = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+    return f
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed_from_env() -> bool:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1); True if joined."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
+
+
+def train_fast_model(
+    fm: FastModel,
+    codes: np.ndarray,
+    users: np.ndarray,
+    sequences: Sequence[np.ndarray],
+    teacher: TraceTeacher | None,
+    cfg: FastTrainConfig,
+    out_dir: Path,
+    evaluate: EvalFn,
+    *,
+    resume: bool = True,
+) -> FastTrainResult:
+    """Train `fm` in place; the best model (by `cfg.select_metric`) ends in `out_dir/best`.
+
+    Args:
+        codes: (N, L) SID codes of the catalogue.
+        users: (U,) user indices (for the teacher) of the training sequences.
+        sequences: per user, the train part of the sequence (catalogue indices, oldest first).
+        teacher: trace source; None trains a no-trace model.
+        evaluate: validation callback, called on rank 0 after every epoch.
+        resume: continue from `out_dir/last` when it exists.
+    """
+    rank, world = _dist_info()
+    device = next(fm.model.parameters()).device
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model: torch.nn.Module = fm.model
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            fm.model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    opt = torch.optim.AdamW(fm.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    order = np.arange(len(sequences))
+    shard = order[rank::world]
+    steps_per_epoch = max(1, math.ceil(len(shard) / (cfg.batch_size * cfg.grad_accum)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, cfg.epochs * steps_per_epoch))
+
+    state: dict[str, object] = {"epoch": 0, "step": 0, "best": -1.0, "best_epoch": -1, "bad": 0}
+    last = out_dir / "last"
+    if resume and (last / "trainer_state.json").is_file():
+        state = load_trainer_state(last)
+        loaded = type(fm.model).from_pretrained(last, local_files_only=True)
+        fm.model.load_state_dict(loaded.state_dict())
+        restore_optimizer(last, opt)
+        for _ in range(int(state["step"])):  # type: ignore[call-overload]
+            sched.step()
+        log.info("resumed from %s at epoch %s", last, state["epoch"])
+
+    metrics_log = MetricsLog(out_dir / "metrics.jsonl", append=resume and int(state["epoch"]) > 0)  # type: ignore[call-overload]
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    epoch = int(state["epoch"])  # type: ignore[call-overload]
+    while epoch < cfg.epochs and int(state["bad"]) < cfg.patience:  # type: ignore[call-overload]
+        rng = np.random.default_rng([cfg.seed, epoch, rank])
+        perm = rng.permutation(shard)
+        model.train()
+        losses: list[float] = []
+        micro = cfg.batch_size
+        batches = [perm[i : i + micro] for i in range(0, len(perm), micro)]
+        bar = progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0)
+        for i, idx in enumerate(bar):
+            ids, mask, labels = make_batch(
+                fm, codes, users[idx], [sequences[j] for j in idx], teacher, cfg, rng
+            )
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            with torch.autocast(
+                device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"
+            ):
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            (loss / cfg.grad_accum).backward()
+            if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches):
+                torch.nn.utils.clip_grad_norm_(fm.model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                state["step"] = int(state["step"]) + 1  # type: ignore[call-overload]
+            losses.append(float(loss))
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+        epoch += 1
+        stop = torch.zeros(1)
+        if rank == 0:
+            fm.model.eval()
+            metrics = {"train/loss": float(np.mean(losses)), **evaluate(fm)}
+            metrics_log.log(int(state["step"]), metrics, epoch=epoch)  # type: ignore[call-overload]
+            history.append(metrics)
+            score = metrics[cfg.select_metric]
+            log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})
+            if score > float(state["best"]):  # type: ignore[arg-type]
+                state.update(best=score, best_epoch=epoch, bad=0, best_metrics=metrics)
+                fm.save(out_dir / "best")
+            else:
+                state["bad"] = int(state["bad"]) + 1  # type: ignore[call-overload]
+            state["epoch"] = epoch
+            save_checkpoint(last, fm.model, opt, state)
+            metrics_log.plot(out_dir / "curves.png", title="fast model")
+            stop[0] = float(int(state["bad"]) >= cfg.patience)  # type: ignore[call-overload]
+        if world > 1:
+            dist.broadcast(stop, src=0)
+        if stop.item():
+            break
+    metrics_log.close()
+    return FastTrainResult(
+        best_epoch=int(state["best_epoch"]),  # type: ignore[call-overload]
+        best_metrics=dict(state.get("best_metrics", {})),  # type: ignore[call-overload]
+        epochs_run=epoch,
+        train_seconds=time.perf_counter() - t0,
+        history=history,
+    )
