@@ -1,0 +1,1 @@
+"""Honest baselines under the project's evaluation protocol: most-popular and SASRec."""
