@@ -36,6 +36,7 @@ import redis
 from sid_index.errors import ConfigError, DataError
 from slow_path.errors import StoreError
 from slow_path.redis_conn import read_pipeline
+from slow_path.settings import StoreSettings
 from slow_path.trace import DEFAULT_FINGERPRINT_WINDOW, history_fingerprint
 
 
@@ -175,6 +176,17 @@ class RedisHistoryStore(HistoryStore):
         self.key_prefix = key_prefix
         self.ttl_ms = None if ttl_s is None else max(1, round(ttl_s * 1000))
         self.read_budget_s = read_budget_s
+
+    @classmethod
+    def from_settings(cls, client: Any, settings: StoreSettings) -> RedisHistoryStore:
+        """A store with the cap, key prefix, TTL and read budget of `settings`."""
+        return cls(
+            client,
+            max_len=settings.history_max_len,
+            key_prefix=settings.key_prefix,
+            ttl_s=settings.history_ttl_s,
+            read_budget_s=settings.trace_read_budget_s,
+        )
 
     def key(self, user_id: str, suffix: str = "") -> str:
         """`{prefix}:hist:{<user_id>}` plus an optional `:suffix` (`new`, `debounce`)."""

@@ -59,9 +59,11 @@ class StoreSettings(BaseSettings):
     trace_ttl_s: float = Field(default=7 * 86400.0, gt=0)
     """Lifetime of a stored trace; an expired trace reads as a miss (no-trace mode)."""
     trace_read_budget_s: float = Field(default=0.02, gt=0)
-    """Default time budget of one batched trace read on the fast path."""
+    """Default time budget of one batched trace (or history) read on the fast path."""
     history_max_len: int = Field(default=200, ge=1)
     """Events kept per user; older ones are trimmed on append."""
+    history_ttl_s: float | None = Field(default=None, gt=0)
+    """Forget a user's history this long after their last event (None: keep it)."""
     refresh_min_new_events: int = Field(default=5, ge=1)
     """New events since the last refresh that trigger an event-driven trace refresh."""
     refresh_min_interval_s: float = Field(default=60.0, ge=0)

@@ -36,6 +36,7 @@ import redis
 from sid_index.errors import ConfigError
 from slow_path.errors import StoreError, TraceError
 from slow_path.redis_conn import read_pipeline
+from slow_path.settings import StoreSettings
 from slow_path.trace import Trace
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,11 @@ class RedisTraceStore(TraceStore):
         self.read_budget_s = read_budget_s
         self.chunk = chunk
 
+    @classmethod
+    def from_settings(cls, client: Any, settings: StoreSettings) -> RedisTraceStore:
+        """A store with the TTL, key prefix and read budget of `settings`."""
+        return cls(client, settings.trace_ttl_s, settings.key_prefix, settings.trace_read_budget_s)
+
     def key(self, user_id: str) -> str:
         """The Redis key of a user's trace."""
         return trace_key(user_id, self.key_prefix)
@@ -194,7 +200,9 @@ class RedisTraceStore(TraceStore):
         unread = users[len(got.replies) :]
         misses.extend(unread)
         if got.error is not None or got.timed_out:
-            log.warning(
+            # Debug, not warning: during an outage this fires on every request; the caller
+            # counts `errors`/`timed_out` in metrics instead.
+            log.debug(
                 "trace read of %d users stopped after %d: %s",
                 len(users),
                 len(got.replies),

@@ -18,7 +18,7 @@ from slow_path.history_store import (
     RedisHistoryStore,
 )
 from slow_path.redis_conn import redis_client
-from slow_path.settings import RedisSettings, load_settings
+from slow_path.settings import RedisSettings, StoreSettings, load_settings
 from slow_path.trace import history_fingerprint
 
 
@@ -211,6 +211,14 @@ def test_redis_layout_and_ttl(redis_client: redis.Redis) -> None:
     # Without a TTL the history is kept.
     RedisHistoryStore(redis_client, key_prefix="rrk").append("u", ["a"])
     assert redis_client.pttl("rrk:hist:{u}") == -1
+
+
+def test_from_settings(redis_client: redis.Redis) -> None:
+    settings = load_settings(StoreSettings, key_prefix="cfg", history_max_len=2, history_ttl_s=50)
+    store = RedisHistoryStore.from_settings(redis_client, settings)
+    assert store.append("u", ["a", "b", "c"]) == 2
+    assert redis_client.lrange("cfg:hist:{u}", 0, -1)[-1].endswith(b" c")
+    assert 40_000 < redis_client.pttl("cfg:hist:{u}") <= 50_000
 
 
 def test_redis_malformed_event_is_a_store_error(redis_client: redis.Redis) -> None:

@@ -17,7 +17,7 @@ from redis.crc import key_slot
 from slow_path.errors import StoreError, TraceError
 from slow_path.history_store import RedisHistoryStore
 from slow_path.redis_conn import redis_client
-from slow_path.settings import RedisSettings, load_settings
+from slow_path.settings import RedisSettings, StoreSettings, load_settings
 from slow_path.trace import Candidate, Interest, Persona, Trace, Transition
 from slow_path.trace_store import (
     STAMP_DIGITS,
@@ -177,6 +177,16 @@ def test_corrupt_values_are_counted_misses(redis_client: redis.Redis, value: byt
     # A write replaces a corrupt value whatever its header says.
     assert st.put(make_trace("u1", created_at=1.0))
     assert st.get("u1") is not None
+
+
+def test_from_settings(redis_client: redis.Redis) -> None:
+    settings = load_settings(
+        StoreSettings, key_prefix="cfg", trace_ttl_s=120, trace_read_budget_s=0.5
+    )
+    st = RedisTraceStore.from_settings(redis_client, settings)
+    assert (st.key("u"), st.ttl_ms, st.read_budget_s) == ("cfg:trace:{u}", 120_000, 0.5)
+    st.put(make_trace("u"))
+    assert 110_000 < redis_client.pttl("cfg:trace:{u}") <= 120_000
 
 
 def test_wrong_type_key_is_a_counted_miss(redis_client: redis.Redis) -> None:
