@@ -181,7 +181,10 @@ def load_amazon(directory: Path | str, name: str | None = None) -> Dataset:
         raise DataError(f"{inter_path}: no items in {inter_path.name} or {item_path.name}")
     by_id = {int(i): k for i, k in zip(meta_ids.tolist(), meta, strict=True)}
 
-    titles, texts, paths, attributes = [], [], [], []
+    titles: list[str] = []
+    texts: list[str] = []
+    paths: list[tuple[str, ...]] = []
+    attributes: list[Mapping[str, str]] = []
     for item in ids.tolist():
         key = by_id.get(item)
         record = meta[key] if key is not None else {}

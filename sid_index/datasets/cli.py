@@ -149,7 +149,7 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `data` command group (`synth`, `stats`)."""
     data = subparsers.add_parser("data", help="generate, load and describe datasets")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +144,10 @@ def load_movielens(directory: Path | str, *, min_rating: float | None = None) ->
     ids = np.union1d(np.fromiter(movies, dtype=np.int64, count=len(movies)), movie)
     if len(ids) == 0:
         raise DataError(f"{movies_path}: no movies (empty catalogue)")
-    titles, texts, paths, attributes = [], [], [], []
+    titles: list[str] = []
+    texts: list[str] = []
+    paths: list[tuple[str, ...]] = []
+    attributes: list[Mapping[str, str]] = []
     for m in ids.tolist():
         title, genres = movies.get(m, ("", ()))
         text = ". ".join(p for p in (title, f"Genres: {', '.join(genres)}" if genres else "") if p)

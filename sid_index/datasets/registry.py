@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def _unknown(spec: str, why: str) -> ConfigError:
 
 def parse_synthetic(params: str) -> SyntheticConfig:
     """`"users=2000,items=800,seed=3"` -> SyntheticConfig (ConfigError on bad keys/values)."""
-    defaults = {f.name: f.default for f in dataclasses.fields(SyntheticConfig)}
+    defaults: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(SyntheticConfig)}
     values: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in params.split(","))):
         key, sep, raw = part.partition("=")
@@ -69,7 +70,7 @@ def parse_synthetic(params: str) -> SyntheticConfig:
         if not sep or key not in defaults:
             keys = ", ".join([*defaults, *_ALIASES])
             raise ConfigError(f"synthetic spec: bad parameter {part!r}; keys: {keys}")
-        kind = type(defaults[key])
+        kind: type = type(defaults[key])
         try:
             if kind is tuple:
                 values[key] = tuple(v.strip() for v in raw.split("+"))
@@ -100,7 +101,11 @@ def load_dataset(spec: str, *, progress: bool = False) -> Dataset:
     kind, sep, rest = spec.partition(":")
     if kind == "synthetic":
         return generate(parse_synthetic(rest), progress=progress)
-    loaders = {"amazon": load_amazon, "movielens": load_movielens, "saved": load_saved_dataset}
+    loaders: dict[str, Callable[[Path], Dataset]] = {
+        "amazon": load_amazon,
+        "movielens": load_movielens,
+        "saved": load_saved_dataset,
+    }
     if sep and kind in loaders:
         if not rest:
             raise _unknown(spec, "missing PATH")

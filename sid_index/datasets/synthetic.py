@@ -217,7 +217,8 @@ def build_world(config: SyntheticConfig) -> SyntheticWorld:
 
     # Complements: primary = same theme in the next domain, secondary = paired theme in the
     # same domain; a missing target (few categories) falls back to a random other category.
-    by_key = {(d, t, v): c for c, d, t, v in zip(cat, domain, theme, variant, strict=True)}
+    keys = zip(domain.tolist(), theme.tolist(), variant.tolist(), strict=True)
+    by_key: dict[tuple[int, int, int], int] = {k: c for c, k in enumerate(keys)}
     transitions = np.full((C, C), 0.15 / max(C - 1, 1))
     for c in range(C):
         d, t, v = int(domain[c]), int(theme[c]), int(variant[c])

@@ -39,8 +39,8 @@ def test_ml1m_layout(tmp_path: Path) -> None:
     assert inter.user_ids == ["1", "2"]
     # User 1 by timestamp: 20@100, 40@200, then 10@300 and 30@300 in file order (stable).
     assert [cat.item_ids[i] for i in inter.sequence(0).items] == ["20", "40", "10", "30"]
-    assert inter.sequence(0).timestamps is not None
-    assert inter.sequence(0).timestamps.tolist() == [100, 200, 300, 300]
+    stamps = inter.sequence(0).timestamps
+    assert stamps is not None and stamps.tolist() == [100, 200, 300, 300]
     assert [cat.item_ids[i] for i in inter.sequence(1).items] == ["10"]
 
 
