@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sid_index.datasets.splits import LeaveOneOutSplit
 from sid_index.errors import ConfigError, DataError
-from trainer.baselines.popularity import item_popularity, popularity_order, popularity_topk
+from sid_index.records import Interactions
+from trainer.baselines.popularity import (
+    evaluate_popularity,
+    item_popularity,
+    popularity_order,
+    popularity_topk,
+)
 from trainer.metrics import ranking_metrics
 
 
@@ -66,3 +73,22 @@ def test_bad_input() -> None:
             np.ones(4), 2, 2, exclude_seen=True,
             history_indptr=np.array([0, 1]), history_items=np.array([0]),
         )  # fmt: skip
+
+
+def test_evaluate_popularity_on_a_split() -> None:
+    # Items 0 and 1 dominate the train parts; every user's held-out items are 0 then 2.
+    seqs = [[1, 0, 1, 0, 2], [0, 1, 1, 0, 2], [1, 1, 0, 0, 2]]
+    interactions = Interactions(
+        user_ids=["a", "b", "c"],
+        indptr=np.array([0, 5, 10, 15]),
+        items=np.concatenate([np.array(s) for s in seqs]).astype(np.int64),
+    )
+    split = LeaveOneOutSplit.from_interactions(interactions)
+    valid, test = evaluate_popularity(split, num_items=4, ks=(1, 3))
+    # Train counts: item 1 → 6, item 0 → 3, items 2 and 3 → 0: the list is [1, 0, 2].
+    assert valid.recall == {1: 0.0, 3: 1.0}  # valid target 0 sits at rank 1
+    assert test.recall == {1: 0.0, 3: 1.0}  # test target 2 sits at rank 2
+    # Excluding seen items: valid histories hold 1 and 0 → [2, 3, -1]; target 0 is a miss.
+    valid_x, test_x = evaluate_popularity(split, num_items=4, ks=(1, 3), exclude_seen=True)
+    assert valid_x.recall == {1: 0.0, 3: 0.0}
+    assert test_x.recall == {1: 1.0, 3: 1.0}

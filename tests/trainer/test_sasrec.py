@@ -11,36 +11,34 @@ import numpy as np
 import pytest
 import torch
 
+from sid_index.datasets.splits import LeaveOneOutSplit
 from sid_index.errors import ConfigError, DataError
-from trainer.baselines.popularity import item_popularity, popularity_topk
+from sid_index.records import Interactions
+from trainer.baselines.popularity import evaluate_popularity
 from trainer.baselines.sasrec import SASRec, SASRecConfig, encode_items, load_sasrec, save_sasrec
 from trainer.baselines.train_sasrec import (
-    LeaveOneOutArrays,
     SASRecTrainConfig,
     evaluate,
     train_sasrec,
     training_windows,
 )
-from trainer.metrics import ranking_metrics
 from trainer.training_log import read_log
 
 
-def _successor_split(num_users: int, num_items: int, seed: int) -> LeaveOneOutArrays:
+def _successor_split(num_users: int, num_items: int, seed: int) -> LeaveOneOutSplit:
     """Sequences where item i is always followed by item (i + 1) mod N, random starts."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(5, 13, num_users)
     start = rng.integers(0, num_items, num_users)
     offsets = np.arange(lengths.max())
     full = (start[:, None] + offsets[None, :]) % num_items  # (U, Lmax)
-    mask = offsets[None, :] < lengths[:, None] - 2  # the train part
-    row_len = lengths - 2
-    return LeaveOneOutArrays(
-        num_items=num_items,
-        train_indptr=np.concatenate([[0], np.cumsum(row_len)]),
-        train_items=full[mask],
-        valid_targets=full[np.arange(num_users), lengths - 2],
-        test_targets=full[np.arange(num_users), lengths - 1],
+    mask = offsets[None, :] < lengths[:, None]
+    interactions = Interactions(
+        user_ids=[f"u{u}" for u in range(num_users)],
+        indptr=np.concatenate([[0], np.cumsum(lengths)]),
+        items=full[mask],
     )
+    return LeaveOneOutSplit.from_interactions(interactions)
 
 
 def test_encode_items_left_pads_and_truncates() -> None:
@@ -106,10 +104,9 @@ def test_learns_planted_successor_pattern(tmp_path: Path) -> None:
         show_progress=False,
         num_threads=1,
     )
-    result = train_sasrec(split, config, tmp_path / "run")
+    result = train_sasrec(split, config, tmp_path / "run", num_items=60)
 
-    counts = item_popularity(split.train_items, split.num_items)
-    pop = ranking_metrics(popularity_topk(counts, 10, 400), split.test_targets)
+    _, pop = evaluate_popularity(split, num_items=60)
     assert pop.recall[10] < 0.35  # near-uniform items: popularity is close to 10/60
     assert result.test.recall[10] > 0.9
     assert result.test.ndcg[10] > pop.ndcg[10] + 0.5
@@ -136,9 +133,8 @@ def test_save_load_round_trip_gives_identical_scores(tmp_path: Path) -> None:
         assert torch.equal(model.item_logits(model(tokens)), loaded.item_logits(loaded(tokens)))
 
     split = _successor_split(num_users=50, num_items=30, seed=2)
-    kw = {"ks": (5, 10), "batch_size": 16}
-    a = evaluate(model, split.train_indptr, split.train_items, split.valid_targets, **kw)
-    b = evaluate(loaded, split.train_indptr, split.train_items, split.valid_targets, **kw)
+    a = evaluate(model, split.test_inputs(), ks=(5, 10), batch_size=16)
+    b = evaluate(loaded, split.test_inputs(), ks=(5, 10), batch_size=16)
     assert a == b
 
 
@@ -160,3 +156,5 @@ def test_bad_checkpoint_and_config_errors(tmp_path: Path) -> None:
         SASRecTrainConfig(select_metric="recall@20")
     with pytest.raises(DataError, match="max_len"):
         model(torch.ones(1, 5, dtype=torch.long))
+    with pytest.raises(DataError, match="outside the catalogue"):
+        train_sasrec(_successor_split(20, 30, 0), SASRecTrainConfig(), tmp_path, num_items=10)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from sid_index.datasets.splits import LeaveOneOutSplit
 from sid_index.errors import ConfigError, DataError
+from trainer.metrics import RankingMetrics, ranking_metrics
 
 
 def item_popularity(items: np.ndarray, num_items: int) -> np.ndarray:
@@ -95,3 +97,31 @@ def popularity_topk(
     out = order[cols]
     out[np.take_along_axis(seen, cols, axis=1)] = -1
     return out
+
+
+def evaluate_popularity(
+    split: LeaveOneOutSplit,
+    num_items: int,
+    *,
+    ks: tuple[int, ...] = (5, 10),
+    exclude_seen: bool = False,
+) -> tuple[RankingMetrics, RankingMetrics]:
+    """Most-popular on a leave-one-out split: (valid, test) metrics over the full catalogue.
+
+    Counts come from the train parts only, for both stages. With `exclude_seen`, the valid
+    history is the train part and the test history is train part + valid target.
+    """
+    counts = item_popularity(split.train_items, num_items)
+    k = max(ks)
+    out = []
+    for samples in (split.valid_inputs(), split.test_inputs()):
+        top = popularity_topk(
+            counts,
+            k,
+            len(samples),
+            exclude_seen=exclude_seen,
+            history_indptr=samples.indptr,
+            history_items=samples.items,
+        )
+        out.append(ranking_metrics(top, samples.targets, ks))
+    return out[0], out[1]

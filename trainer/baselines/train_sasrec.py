@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sid_index.datasets.splits import LeaveOneOutSplit, SequenceSamples
 from sid_index.errors import ConfigError, DataError
 from trainer.baselines.sasrec import PAD, SASRec, SASRecConfig, encode_items, save_sasrec
 from trainer.metrics import RankingMetrics, ranking_metrics
@@ -68,7 +69,9 @@ class SASRecTrainConfig:
     seed: int = 0
     """Seed of initialization, dropout and shuffling."""
     num_threads: int = 0
-    """torch intra-op threads; 0 uses every core the process may run on."""
+    """torch intra-op threads; 0 uses every core the process may run on. On a shared machine
+    use fewer: threads that wait for a core another process holds stall at every barrier
+    (measured on the 2-core dev box under load: 2 threads trained ~6x slower than 1)."""
     show_progress: bool = True
     """Show a tqdm bar over epochs."""
 
@@ -97,53 +100,6 @@ class SASRecTrainConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class LeaveOneOutArrays:
-    """What SASRec needs from a leave-one-out split, as flat arrays.
-
-    Validation history = the user's train items; test history = train items + valid target.
-    """
-
-    num_items: int
-    """Catalogue size N."""
-    train_indptr: np.ndarray
-    """(U + 1,) int64 CSR offsets of the users' train sequences."""
-    train_items: np.ndarray
-    """(nnz,) int64 train items, oldest first within each user."""
-    valid_targets: np.ndarray
-    """(U,) int64 second-to-last item of each user."""
-    test_targets: np.ndarray
-    """(U,) int64 last item of each user."""
-
-    def __post_init__(self) -> None:
-        users = len(self.train_indptr) - 1
-        if users < 1 or int(self.train_indptr[-1]) != len(self.train_items):
-            raise DataError(
-                f"train CSR is inconsistent: {users} users, indptr[-1]="
-                f"{int(self.train_indptr[-1]) if len(self.train_indptr) else None}, "
-                f"{len(self.train_items)} items"
-            )
-        for name in ("valid_targets", "test_targets"):
-            arr = getattr(self, name)
-            if arr.shape != (users,):
-                raise DataError(f"{name} has shape {arr.shape}, expected ({users},)")
-        every = np.concatenate([self.train_items, self.valid_targets, self.test_targets])
-        if every.size and (int(every.min()) < 0 or int(every.max()) >= self.num_items):
-            raise DataError(f"split references items outside the catalogue of {self.num_items}")
-
-    def test_histories(self) -> tuple[np.ndarray, np.ndarray]:
-        """CSR (indptr, items) of train + valid target per user (vectorized insert)."""
-        users = len(self.train_indptr) - 1
-        indptr = self.train_indptr + np.arange(users + 1)
-        items = np.empty(len(self.train_items) + users, dtype=np.int64)
-        last = indptr[1:] - 1  # slot of each user's valid item
-        is_valid_slot = np.zeros(len(items), dtype=bool)
-        is_valid_slot[last] = True
-        items[is_valid_slot] = self.valid_targets
-        items[~is_valid_slot] = self.train_items
-        return indptr, items
-
-
-@dataclass(frozen=True, slots=True)
 class SASRecResult:
     """Outcome of `train_sasrec`."""
 
@@ -165,6 +121,8 @@ class SASRecResult:
     """Test metrics at the best epoch (evaluated once)."""
     train_seconds: float
     """Wall-clock seconds of training + per-epoch validation."""
+    num_threads: int
+    """torch threads the run used."""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -175,6 +133,7 @@ class SASRecResult:
             "valid": self.valid.to_dict(),
             "test": self.test.to_dict(),
             "train_seconds": self.train_seconds,
+            "num_threads": self.num_threads,
         }
 
 
@@ -203,24 +162,32 @@ def training_windows(
 @torch.no_grad()
 def evaluate(
     model: SASRec,
-    indptr: np.ndarray,
-    items: np.ndarray,
-    targets: np.ndarray,
+    samples: SequenceSamples,
     *,
     ks: tuple[int, ...] = (5, 10),
     exclude_seen: bool = False,
     batch_size: int = 1024,
 ) -> RankingMetrics:
-    """Rank the full catalogue after each history and score against `targets`."""
+    """Rank the full catalogue after each sample's history and score against its target.
+
+    Args:
+        model: a trained SASRec (put in eval mode here).
+        samples: histories + targets, e.g. `split.valid_inputs()` or `split.test_inputs()`.
+        ks: metric cut-offs; the model ranks the top max(ks).
+        exclude_seen: drop history items (within the model's max_len window) from rankings.
+        batch_size: samples per forward pass.
+    """
     model.eval()
-    tokens = encode_items(items, indptr[:-1], indptr[1:], model.config.max_len)  # (U, T)
+    tokens = encode_items(
+        samples.items, samples.indptr[:-1], samples.indptr[1:], model.config.max_len
+    )  # (U, T)
     k = max(ks)
     parts = []
     for lo in range(0, len(tokens), batch_size):
         batch = _trim(torch.from_numpy(tokens[lo : lo + batch_size]))
         parts.append(model.recommend(batch, k, exclude_seen=exclude_seen).numpy())
     topk = np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.int64)
-    return ranking_metrics(topk, targets, ks)
+    return ranking_metrics(topk, samples.targets, ks)
 
 
 def _trim(tokens: torch.Tensor) -> torch.Tensor:
@@ -230,29 +197,38 @@ def _trim(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def train_sasrec(
-    split: LeaveOneOutArrays, config: SASRecTrainConfig, out_dir: Path | str
+    split: LeaveOneOutSplit, config: SASRecTrainConfig, out_dir: Path | str, *, num_items: int
 ) -> SASRecResult:
     """Train SASRec with early stopping on validation and evaluate the best epoch on test.
 
     Args:
-        split: the leave-one-out data.
+        split: the leave-one-out split (train parts, valid and test targets).
         config: model and optimization settings.
         out_dir: receives `model/` (best weights), `metrics.jsonl` and `curves.png`.
+        num_items: catalogue size N (`len(dataset.catalog)`); every item is ranked.
     """
+    every = np.concatenate([split.train_items, split.valid_targets, split.test_targets])
+    if every.size and (int(every.min()) < 0 or int(every.max()) >= num_items):
+        raise DataError(
+            f"split references items outside the catalogue of {num_items=}: "
+            f"min={int(every.min())} max={int(every.max())}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.num_threads or len(os.sched_getaffinity(0)))
     try:
-        return _train(split, config, out)
+        return _train(split, config, out, num_items)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _train(split: LeaveOneOutArrays, config: SASRecTrainConfig, out: Path) -> SASRecResult:
+def _train(
+    split: LeaveOneOutSplit, config: SASRecTrainConfig, out: Path, num_items: int
+) -> SASRecResult:
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = SASRec(config.model, split.num_items)
+    model = SASRec(config.model, num_items)
     inputs, targets = training_windows(split.train_indptr, split.train_items, config.model.max_len)
     if len(inputs) == 0:
         raise DataError("no training samples: every train sequence has fewer than 2 items")
@@ -266,12 +242,13 @@ def _train(split: LeaveOneOutArrays, config: SASRecTrainConfig, out: Path) -> SA
         lr=config.lr,
     )
 
-    def rank_eval(indptr: np.ndarray, items: np.ndarray, targets: np.ndarray) -> RankingMetrics:
+    max_len = config.model.max_len
+    valid_inputs, test_inputs = split.valid_inputs(max_len), split.test_inputs(max_len)
+
+    def rank_eval(samples: SequenceSamples) -> RankingMetrics:
         return evaluate(
             model,
-            indptr,
-            items,
-            targets,
+            samples,
             ks=config.ks,
             exclude_seen=config.exclude_seen,
             batch_size=config.eval_batch_size,
@@ -308,7 +285,7 @@ def _train(split: LeaveOneOutArrays, config: SASRecTrainConfig, out: Path) -> SA
                 step += 1
                 loss_sum += float(loss.detach()) * int(real.sum())
                 n_targets += int(real.sum())
-            valid = rank_eval(split.train_indptr, split.train_items, split.valid_targets)
+            valid = rank_eval(valid_inputs)
             score = float(valid.to_dict()[config.select_metric])
             train_loss = loss_sum / n_targets
             valid_row = {f"valid/{k}": float(v) for k, v in valid.to_dict().items()}
@@ -324,12 +301,11 @@ def _train(split: LeaveOneOutArrays, config: SASRecTrainConfig, out: Path) -> SA
                 log.info("sasrec: time budget of %.0fs reached", config.max_train_seconds)
                 break
         train_seconds = time.perf_counter() - t0
-        curve_path = mlog.plot(out / CURVE_NAME, title=f"SASRec ({split.num_items} items)")
+        curve_path = mlog.plot(out / CURVE_NAME, title=f"SASRec ({num_items} items)")
 
     model.load_state_dict(best_state)
     model_dir = save_sasrec(model, out / MODEL_SUBDIR)
-    test_indptr, test_items = split.test_histories()
-    test = rank_eval(test_indptr, test_items, split.test_targets)
+    test = rank_eval(test_inputs)
     assert best_valid is not None  # at least one epoch always runs
     return SASRecResult(
         config=config,
@@ -341,4 +317,5 @@ def _train(split: LeaveOneOutArrays, config: SASRecTrainConfig, out: Path) -> SA
         valid=best_valid,
         test=test,
         train_seconds=train_seconds,
+        num_threads=torch.get_num_threads(),
     )

@@ -1,0 +1,250 @@
+"""Baselines benchmark: most-popular and a tuned SASRec on Amazon Office and Beauty (by hand).
+
+    .venv/bin/python -m benchmarks.baselines                      # both datasets, write RESULTS.md
+    .venv/bin/python -m benchmarks.baselines --datasets office --no-write
+
+Protocol: leave-one-out (last item = test, second-to-last = valid, every prefix of the rest
+is a training sample), Recall/NDCG@5/10 over the FULL catalogue, history not excluded from the
+rankings (the standard on the Amazon 5-core sets; most-popular is also reported with history
+excluded, for reference). SASRec hyper-parameters are chosen on validation Recall@10 only;
+the selected run's test metrics, at its best validation epoch, are the reported numbers.
+Every run's artifacts (weights, metrics.jsonl, curves.png, summary.json) go under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from sid_index.datasets.registry import load_dataset
+from sid_index.datasets.splits import leave_one_out
+from sid_index.errors import ConfigError
+from trainer.baselines.popularity import evaluate_popularity
+from trainer.baselines.sasrec import SASRecConfig
+from trainer.baselines.train_sasrec import SASRecResult, SASRecTrainConfig, train_sasrec
+from trainer.metrics import RankingMetrics
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+SECTION = "## Baselines (SASRec, most-popular)"
+DEFAULT_DATA = REPO.parent / "shared" / "datasets"
+DATASETS = {"office": "Office", "beauty": "Beauty"}
+
+# (hidden_size, dropout, weight_decay); layers 2, heads 1, max_len 50, lr 1e-3 everywhere.
+GRIDS: dict[str, list[tuple[int, float, float]]] = {
+    "office": [(h, p, wd) for h in (64, 128) for p in (0.2, 0.5) for wd in (0.0, 0.1)],
+    "beauty": [(h, p, 0.1) for h in (64, 128) for p in (0.2, 0.5)],
+}
+PUBLISHED = {
+    # Beauty, same split (TIGER paper): R@5, N@5, R@10, N@10.
+    "beauty": [
+        ("SASRec (published, TIGER paper)", (0.0387, 0.0249, 0.0605, 0.0318)),
+        ("TIGER (published)", (0.0454, 0.0321, 0.0648, 0.0384)),
+    ]
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetReport:
+    """Everything measured on one dataset."""
+
+    name: str
+    num_users: int
+    num_items: int
+    num_interactions: int
+    popularity: tuple[RankingMetrics, RankingMetrics]
+    """(valid, test), history not excluded."""
+    popularity_excl: tuple[RankingMetrics, RankingMetrics]
+    """(valid, test), history excluded."""
+    popularity_seconds: float
+    runs: list[SASRecResult]
+    selected: int
+    """Index into runs of the best validation Recall@10."""
+
+
+def _fmt(m: RankingMetrics) -> str:
+    return f"{m.recall[5]:.4f} | {m.ndcg[5]:.4f} | {m.recall[10]:.4f} | {m.ndcg[10]:.4f}"
+
+
+def _run_dataset(
+    key: str, data_root: Path, out_root: Path, base: SASRecTrainConfig, grid_limit: int
+) -> DatasetReport:
+    dataset = load_dataset(str(data_root / key))
+    split = leave_one_out(dataset.interactions)
+    num_items = len(dataset.catalog)
+    print(
+        f"[{key}] {len(split)} users ({split.num_dropped} dropped), {num_items} items, "
+        f"{dataset.interactions.num_interactions} interactions",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    pop = evaluate_popularity(split, num_items)
+    pop_seconds = time.perf_counter() - t0
+    pop_excl = evaluate_popularity(split, num_items, exclude_seen=True)
+    print(f"[{key}] most-popular test: {pop[1]}", flush=True)
+
+    runs: list[SASRecResult] = []
+    for hidden, dropout, wd in GRIDS[key][: grid_limit or None]:
+        config = replace(
+            base,
+            model=replace(base.model, hidden_size=hidden, dropout=dropout),
+            weight_decay=wd,
+        )
+        tag = f"h{hidden}_p{dropout}_wd{wd}"
+        result = train_sasrec(split, config, out_root / key / tag, num_items=num_items)
+        runs.append(result)
+        print(
+            f"[{key}] sasrec {tag}: valid {result.valid} | best epoch {result.best_epoch}/"
+            f"{result.epochs_run} | {result.train_seconds:.0f}s",
+            flush=True,
+        )
+    selected = max(
+        range(len(runs)), key=lambda i: (runs[i].valid.recall[10], runs[i].valid.ndcg[10])
+    )
+    report = DatasetReport(
+        name=DATASETS[key],
+        num_users=len(split),
+        num_items=num_items,
+        num_interactions=dataset.interactions.num_interactions,
+        popularity=pop,
+        popularity_excl=pop_excl,
+        popularity_seconds=pop_seconds,
+        runs=runs,
+        selected=selected,
+    )
+    summary = {
+        "popularity": {"valid": pop[0].to_dict(), "test": pop[1].to_dict()},
+        "popularity_exclude_seen": {"valid": pop_excl[0].to_dict(), "test": pop_excl[1].to_dict()},
+        "sasrec_runs": [r.to_dict() for r in runs],
+        "selected": selected,
+    }
+    (out_root / key).mkdir(parents=True, exist_ok=True)
+    (out_root / key / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"[{key}] selected {runs[selected].config.model}: test {runs[selected].test}")
+    return report
+
+
+def _section(reports: Sequence[DatasetReport], command: str, base: SASRecTrainConfig) -> str:
+    threads = reports[0].runs[0].num_threads if reports and reports[0].runs else base.num_threads
+    lines = [
+        SECTION,
+        "",
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on a {os.cpu_count()}-core CPU "
+        f"({platform.processor() or platform.machine()}), no GPU, torch {torch.__version__} "
+        f"with {threads} threads; other jobs shared the machine, so times are indicative.",
+        f"Command: `{command}`",
+        "",
+        "Protocol: leave-one-out (last item test, second-to-last valid, every prefix of the "
+        "rest trains), Recall/NDCG@k over the full catalogue, history NOT excluded from the "
+        "rankings (the Amazon 5-core standard). SASRec: 2 blocks, 1 head, max_len "
+        f"{base.model.max_len}, pre-LN, full-softmax cross-entropy, AdamW lr {base.lr}, batch "
+        f"{base.batch_size}, early stopping on valid Recall@10 (patience {base.patience}, at "
+        f"most {base.max_epochs} epochs); hyper-parameters selected on validation Recall@10, "
+        "test reported once at the selected run's best epoch.",
+    ]
+    for rep in reports:
+        best = rep.runs[rep.selected]
+        cfg = best.config
+        lines += [
+            "",
+            f"### {rep.name} ({rep.num_users:,} users, {rep.num_items:,} items, "
+            f"{rep.num_interactions:,} interactions) — test",
+            "",
+            "| model | R@5 | N@5 | R@10 | N@10 | hyper-parameters | train time | epochs |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| most-popular | {_fmt(rep.popularity[1])} | train counts | "
+            f"{rep.popularity_seconds:.1f}s | – |",
+            f"| most-popular, history excluded | {_fmt(rep.popularity_excl[1])} | train counts "
+            "| – | – |",
+            f"| **SASRec (full softmax)** | {_fmt(best.test)} | d={cfg.model.hidden_size}, "
+            f"dropout {cfg.model.dropout}, wd {cfg.weight_decay} | {best.train_seconds:.0f}s | "
+            f"best {best.best_epoch} of {best.epochs_run} |",
+        ]
+        for label, (r5, n5, r10, n10) in PUBLISHED.get(rep.name.lower(), []):
+            lines.append(f"| {label} | {r5:.4f} | {n5:.4f} | {r10:.4f} | {n10:.4f} | – | – | – |")
+        lines += [
+            "",
+            f"{rep.name} SASRec grid (selection on validation; test not looked at):",
+            "",
+            "| d | dropout | weight decay | valid R@10 | valid N@10 | best epoch / run | time |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for i, run in enumerate(rep.runs):
+            mark = " ← selected" if i == rep.selected else ""
+            lines.append(
+                f"| {run.config.model.hidden_size} | {run.config.model.dropout} | "
+                f"{run.config.weight_decay} | {run.valid.recall[10]:.4f} | "
+                f"{run.valid.ndcg[10]:.4f} | {run.best_epoch} / {run.epochs_run} | "
+                f"{run.train_seconds:.0f}s{mark} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_section(text: str, path: Path = RESULTS) -> None:
+    """Replace (or append) this benchmark's section of RESULTS.md, leaving others untouched."""
+    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
+    start = old.find(SECTION + "\n")
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        nxt = old.find("\n## ", start + len(SECTION))
+        tail = old[nxt + 1 :] if nxt >= 0 else ""
+        new = old[:start] + text + ("\n" + tail if tail else "")
+    path.write_text(new, encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/reasonrec-bench/baselines"))
+    parser.add_argument("--max-epochs", type=int, default=100)
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--max-train-seconds", type=float, default=0.0, help="per-run budget, 0 = none"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1 suits the shared 2-core box)"
+    )
+    parser.add_argument("--grid-limit", type=int, default=0, help="first N grid points only")
+    parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
+    args = parser.parse_args(argv)
+    try:
+        base = SASRecTrainConfig(
+            model=SASRecConfig(num_layers=2, num_heads=1, max_len=50),
+            lr=1e-3,
+            batch_size=args.batch_size,
+            max_epochs=args.max_epochs,
+            patience=args.patience,
+            max_train_seconds=args.max_train_seconds,
+            num_threads=args.threads,
+        )
+    except ConfigError as exc:
+        parser.error(str(exc))
+    reports = [
+        _run_dataset(key, args.data_root, args.out, base, args.grid_limit) for key in args.datasets
+    ]
+    given = sys.argv[1:] if argv is None else list(argv)
+    command = shlex.join([".venv/bin/python", "-m", "benchmarks.baselines", *given])
+    text = _section(reports, command, base)
+    print(text)
+    if not args.no_write:
+        write_section(text)
+        print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
