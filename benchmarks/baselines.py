@@ -32,7 +32,13 @@ from sid_index.datasets.splits import leave_one_out
 from sid_index.errors import ConfigError
 from trainer.baselines.popularity import evaluate_popularity
 from trainer.baselines.sasrec import SASRecConfig
-from trainer.baselines.train_sasrec import SASRecResult, SASRecTrainConfig, train_sasrec
+from trainer.baselines.train_sasrec import (
+    CURVE_NAME,
+    LOG_NAME,
+    SASRecResult,
+    SASRecTrainConfig,
+    train_sasrec,
+)
 from trainer.metrics import RankingMetrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +46,7 @@ RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## Baselines (SASRec, most-popular)"
 DEFAULT_DATA = REPO.parent / "shared" / "datasets"
 DATASETS = {"office": "Office", "beauty": "Beauty"}
+RESULT_NAME = "result.json"
 
 # (hidden_size, dropout, weight_decay); layers 2, heads 1, max_len 50, lr 1e-3 everywhere.
 GRIDS: dict[str, list[tuple[int, float, float]]] = {
@@ -77,8 +84,35 @@ def _fmt(m: RankingMetrics) -> str:
     return f"{m.recall[5]:.4f} | {m.ndcg[5]:.4f} | {m.recall[10]:.4f} | {m.ndcg[10]:.4f}"
 
 
+def _cached(run_dir: Path, config: SASRecTrainConfig) -> SASRecResult | None:
+    """The result of an earlier run with exactly this config in `run_dir`, if any."""
+    path = run_dir / RESULT_NAME
+    if not path.is_file():
+        return None
+    row = json.loads(path.read_text())
+    if row["config"] != json.loads(json.dumps(config.to_dict())):
+        return None
+    return SASRecResult(
+        config=config,
+        model_dir=Path(row["model_dir"]),
+        log_path=run_dir / LOG_NAME,
+        curve_path=run_dir / CURVE_NAME,
+        best_epoch=row["best_epoch"],
+        epochs_run=row["epochs_run"],
+        valid=RankingMetrics.from_dict(row["valid"]),
+        test=RankingMetrics.from_dict(row["test"]),
+        train_seconds=row["train_seconds"],
+        num_threads=row["num_threads"],
+    )
+
+
 def _run_dataset(
-    key: str, data_root: Path, out_root: Path, base: SASRecTrainConfig, grid_limit: int
+    key: str,
+    data_root: Path,
+    out_root: Path,
+    base: SASRecTrainConfig,
+    grid_limit: int,
+    reuse: bool,
 ) -> DatasetReport:
     dataset = load_dataset(str(data_root / key))
     split = leave_one_out(dataset.interactions)
@@ -101,9 +135,13 @@ def _run_dataset(
             model=replace(base.model, hidden_size=hidden, dropout=dropout),
             weight_decay=wd,
         )
-        tag = f"h{hidden}_p{dropout}_wd{wd}"
-        result = train_sasrec(split, config, out_root / key / tag, num_items=num_items)
+        run_dir = out_root / key / f"h{hidden}_p{dropout}_wd{wd}"
+        result = _cached(run_dir, config) if reuse else None
+        if result is None:
+            result = train_sasrec(split, config, run_dir, num_items=num_items)
+            (run_dir / RESULT_NAME).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
         runs.append(result)
+        tag = run_dir.name
         print(
             f"[{key}] sasrec {tag}: valid {result.valid} | best epoch {result.best_epoch}/"
             f"{result.epochs_run} | {result.train_seconds:.0f}s",
@@ -219,6 +257,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--threads", type=int, default=1, help="torch threads (1 suits the shared 2-core box)"
     )
     parser.add_argument("--grid-limit", type=int, default=0, help="first N grid points only")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse finished runs under --out whose config is identical (their times stand)",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md")
     args = parser.parse_args(argv)
     try:
@@ -234,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     reports = [
-        _run_dataset(key, args.data_root, args.out, base, args.grid_limit) for key in args.datasets
+        _run_dataset(key, args.data_root, args.out, base, args.grid_limit, args.reuse)
+        for key in args.datasets
     ]
     given = sys.argv[1:] if argv is None else list(argv)
     command = shlex.join([".venv/bin/python", "-m", "benchmarks.baselines", *given])

@@ -39,6 +39,19 @@ class RankingMetrics:
         out["num_users"] = self.num_users
         return out
 
+    @classmethod
+    def from_dict(cls, row: dict[str, float | int]) -> RankingMetrics:
+        """Inverse of `to_dict` (raises DataError on a malformed row)."""
+        try:
+            ks = sorted(int(key.split("@")[1]) for key in row if key.startswith("recall@"))
+            return cls(
+                recall={k: float(row[f"recall@{k}"]) for k in ks},
+                ndcg={k: float(row[f"ndcg@{k}"]) for k in ks},
+                num_users=int(row["num_users"]),
+            )
+        except (KeyError, ValueError, IndexError) as exc:
+            raise DataError(f"bad ranking-metrics record {row!r} ({exc})") from None
+
     def __str__(self) -> str:
         parts = [
             f"R@{k}={self.recall[k]:.4f} N@{k}={self.ndcg[k]:.4f}" for k in sorted(self.recall)

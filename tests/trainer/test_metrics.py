@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sid_index.errors import ConfigError, DataError
-from trainer.metrics import hit_ranks, metrics_from_ranks, ranking_metrics
+from trainer.metrics import RankingMetrics, hit_ranks, metrics_from_ranks, ranking_metrics
 
 
 def test_hand_made_values_are_exact() -> None:
@@ -27,6 +27,9 @@ def test_hand_made_values_are_exact() -> None:
         "ndcg@3": m.ndcg[3],
         "num_users": 4,
     }
+    assert RankingMetrics.from_dict(m.to_dict()) == m
+    with pytest.raises(DataError, match="bad ranking-metrics"):
+        RankingMetrics.from_dict({"recall@5": 0.1})
 
 
 def test_hit_ranks_first_occurrence_and_empty_slots() -> None:
