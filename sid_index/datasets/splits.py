@@ -81,15 +81,9 @@ class SequenceSamples:
         lengths = self.lengths()
         width = int(lengths.max(initial=0)) if max_len is None else max_len
         out = np.full((len(self), width), pad, dtype=np.int64)
-        row = np.repeat(np.arange(len(self)), lengths)
-        col = (
-            width
-            - np.repeat(lengths, lengths)
-            + np.arange(len(self.items))
-            - np.repeat(self.indptr[:-1], lengths)
-        )
-        keep = col >= 0
-        out[row[keep], col[keep]] = self.items[keep]
+        keep = np.minimum(lengths, width)  # the most recent `keep` items of each history
+        dest = np.arange(len(self), dtype=np.int64) * width + (width - keep)
+        out.reshape(-1)[_ranges(dest, keep)] = self.items[_ranges(self.indptr[1:] - keep, keep)]
         return out
 
 

@@ -20,10 +20,12 @@ The generative story (all of it seeded and vectorized with numpy):
 So the next category depends on the persona beyond the last category: an oracle that knows
 the persona predicts it clearly better than one that only knows the last category.
 
-Scale: `generate_catalog_codes` builds a 10^7-item catalogue as integer word codes in about a
-second; text is rendered only on demand (`SyntheticCatalog.titles/texts`, in batches, as an
-embedder consumes it) or all at once by `SyntheticCatalog.to_catalog()` (tens of seconds and
-several GB of Python strings at 10^7 items).
+Scale: `generate_catalog_codes` builds a 10^7-item catalogue as integer word codes (N, 7) in
+a few seconds and ~0.4 GB; text is rendered only on demand (`SyntheticCatalog.titles/texts`
+for a batch of rows, as an embedder consumes it). `SyntheticCatalog.to_catalog()` renders every
+item into a `Catalog`: fine up to ~10^6 items, about a minute and ~6 GB of Python strings at
+10^7 (measured on a 2-core CPU box). `generate` always renders; at 10^7 items use
+`build_world` + `generate_catalog_codes` + `generate_interactions` instead.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ _DOMAIN_WORDS: dict[str, tuple[str, tuple[str, ...], str]] = {
 _SYLLABLES = ("ka", "lo", "mi", "zen", "tra", "vo", "rix", "sa", "ne", "pol", "dar", "qui")
 _CHUNK_USERS = 16384
 _PAIRED_THEME_PROB = 0.4  # a persona's second theme is the paired one, else a random theme
+_MAX_TILTED_ENTRIES = 1 << 26  # 0.5 GB of float64 transition rows
 _PERSONA_TILT = 0.1  # complement rows are reweighted by (_PERSONA_TILT + persona mixture)
 
 
@@ -146,6 +149,11 @@ class SyntheticConfig:
             raise ConfigError(f"{self.domains=} contains an empty name")
         if self.num_categories < len(self.domains):
             raise ConfigError(f"{self.num_categories=} must be >= {len(self.domains)=}")
+        if self.num_personas * self.num_categories**2 > _MAX_TILTED_ENTRIES:
+            # One persona-tilted transition row per (persona, category): P * C * C floats.
+            raise ConfigError(
+                f"{self.num_personas=} * {self.num_categories=}^2 must be <= {_MAX_TILTED_ENTRIES}"
+            )
         if self.num_items < self.num_categories:
             raise ConfigError(f"{self.num_items=} must be >= {self.num_categories=}")
         if self.max_seq_len < self.min_seq_len:

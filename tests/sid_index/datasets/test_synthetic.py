@@ -175,6 +175,7 @@ def test_custom_domains_and_tiny_configs() -> None:
         ({"zipf_exponent": -1.0}, "zipf_exponent=-1.0"),
         ({"brands_per_category": 0}, "brands_per_category=0"),
         ({"seed": -1}, "seed=-1"),
+        ({"num_categories": 4000, "num_items": 4000}, r"num_categories=4000\^2 must be <="),
     ],
 )
 def test_config_validation(changes: dict[str, Any], message: str) -> None:
