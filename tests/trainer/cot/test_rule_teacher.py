@@ -1,0 +1,188 @@
+"""Rule teacher: every CoT satisfies the schema, hindsight picks the target's interest, the
+expansion is grounded, and the teacher is a TraceTeacher for the fast model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sid_index.errors import ConfigError
+from slow_path.cot_format import MAX_INTERESTS, parse_completion, render_completion
+from trainer.cot.prefix_stats import PrefixLabels, PrefixTransitions
+from trainer.cot.rule_teacher import RuleTeacher, RuleTeacherConfig
+
+EXAMPLES = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def _check_schema(teacher: RuleTeacher, world: Any, out: Any, target: int | None) -> None:
+    cot = out.cot
+    assert 1 <= len(cot.interests) <= MAX_INTERESTS
+    assert cot.next_interest is not None and 0 <= cot.next_interest < len(cot.interests)
+    assert out.predicted_next is None or 0 <= out.predicted_next < len(cot.interests)
+    assert 0 <= cot.persona_id < teacher.personas.num_personas
+    assert cot.persona_name.startswith(teacher.personas.names[cot.persona_id])
+    prefixes = [i.sid_prefix for i in cot.interests]
+    assert len(set(prefixes)) == len(prefixes)
+    catalog_prefixes = {tuple(row) for row in world.codes[:, :2].tolist()}
+    for p in prefixes:
+        assert 1 <= len(p) <= 2 < world.codes.shape[1]
+        assert any(c[: len(p)] == p for c in catalog_prefixes)  # names a real region
+    assert sum(i.weight for i in cot.interests) == pytest.approx(1.0, abs=0.03)
+    assert all(i.label for i in cot.interests) and cot.transition
+    if target is not None:
+        assert out.hindsight
+        chosen = cot.interests[cot.next_interest].sid_prefix
+        assert tuple(world.codes[target, : len(chosen)].tolist()) == chosen
+    # What the teacher writes is exactly what the parser reads back.
+    sid = tuple(world.codes[0].tolist())
+    text = render_completion(cot, sid)
+    parsed = parse_completion(
+        text, level_sizes=world.level_sizes, num_personas=teacher.personas.num_personas
+    )
+    assert parsed.cot == cot and parsed.answer == sid and parsed.problems == ()
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_cot_always_satisfies_the_schema(rule_teacher: RuleTeacher, world: Any, data: Any) -> None:
+    n = len(world.codes)
+    history = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=40)))
+    target = data.draw(st.one_of(st.none(), st.integers(0, n - 1)))
+    out = rule_teacher.explain(0, history, target)
+    assert out is not None
+    _check_schema(rule_teacher, world, out, target)
+
+
+def test_real_examples_and_the_trace_teacher(rule_teacher: RuleTeacher, world: Any) -> None:
+    s = world.split
+    agree = 0
+    for u in range(len(s)):
+        hist = s.train_items[s.train_indptr[u] : s.train_indptr[u + 1]]
+        target = int(s.valid_targets[u])
+        out = rule_teacher.explain(int(s.user_index[u]), hist, target)
+        assert out is not None and out.source == "rule"
+        _check_schema(rule_teacher, world, out, target)
+        agree += out.predicted_next == out.cot.next_interest
+        trace = rule_teacher.trace(int(s.user_index[u]), hist)
+        assert trace is not None
+        no_hindsight = rule_teacher.explain(0, hist, None)
+        assert no_hindsight is not None and not no_hindsight.hindsight
+        assert trace.persona_id == no_hindsight.cot.persona_id
+        assert trace.interests == tuple(i.sid_prefix for i in no_hindsight.cot.interests)
+        assert no_hindsight.cot.next_interest == no_hindsight.predicted_next
+    # The history-only guess is often, not always, the hindsight interest.
+    assert 0.15 < agree / len(s) < 0.95
+    assert rule_teacher.explain(0, np.array([], dtype=np.int64), 1) is None
+    assert rule_teacher.trace(0, np.array([], dtype=np.int64)) is None
+
+
+def test_trace_feeds_the_fast_model_prompt(rule_teacher: RuleTeacher, world: Any) -> None:
+    from fast_path.prompt import trace_token_ids
+    from fast_path.vocab import FastVocab
+    from trainer.teachers import TraceTeacher
+
+    teacher: TraceTeacher = rule_teacher  # type-checks as the fast trainer's protocol
+    trace = teacher.trace(0, world.split.train_items[:5])
+    assert trace is not None
+    vocab = FastVocab(world.level_sizes, num_personas=rule_teacher.personas.num_personas)
+    ids = trace_token_ids(vocab, trace)
+    assert len(ids) == 3 + sum(1 + len(p) for p in trace.interests)
+
+
+def test_interests_cover_the_history_and_refine(world: Any) -> None:
+    codes = world.codes
+    teacher = _bare_teacher(world, RuleTeacherConfig(expand=False, coverage=0.99))
+    # Items of one level-0 region, four of them in one level-1 child: a refined prefix.
+    pairs, counts = np.unique(codes[:, :2], axis=0, return_counts=True)
+    r0, r1 = (int(v) for v in pairs[counts.argmax()])
+    child = np.flatnonzero((codes[:, 0] == r0) & (codes[:, 1] == r1))
+    other = np.flatnonzero((codes[:, 0] == r0) & (codes[:, 1] != r1))
+    far = np.flatnonzero(codes[:, 0] != r0)
+    assert len(child) >= 4 and len(other)
+    history = np.concatenate([far[:1], other[:1], child[:4]])
+    out = teacher.explain(0, history, None)
+    assert out is not None
+    first = out.cot.interests[0]
+    assert first.sid_prefix == (r0, r1)
+    assert out.cot.interests[1].sid_prefix == (int(codes[far[0], 0]),)
+    assert first.weight > out.cot.interests[1].weight
+
+
+def test_hindsight_adds_or_widens_the_target_interest(world: Any) -> None:
+    codes = world.codes
+    teacher = _bare_teacher(world, RuleTeacherConfig(expand=False))
+    a = np.flatnonzero(codes[:, 0] == 0)
+    b = np.flatnonzero(codes[:, 0] == 1)
+    out = teacher.explain(0, a[:3], int(b[0]))
+    assert out is not None and out.hindsight
+    assert out.cot.interests[out.cot.next_interest].sid_prefix == (1,)
+    assert out.predicted_next == 0 and out.cot.next_interest == 1
+    full = _bare_teacher(world, RuleTeacherConfig(expand=False, max_interests=1))
+    out = full.explain(0, a[:3], int(b[0]))
+    assert out is not None  # the weakest (only) interest made room for the target's region
+    assert [i.sid_prefix for i in out.cot.interests] == [(1,)] and out.predicted_next is None
+
+
+def test_expansion_follows_transitions_and_neighbours(world: Any) -> None:
+    codes, n0 = world.codes, int(world.codes[:, 0].max()) + 1
+    # Transitions that always go 0 -> 3: the expansion after a region-0 item is region 3.
+    a = np.flatnonzero(codes[:, 0] == 0)
+    c = np.flatnonzero(codes[:, 0] == 3)
+    seq = np.array([a[0], c[0]] * 20)
+    trans = PrefixTransitions.build(np.array([0, len(seq)]), seq, codes)
+    assert trans.probs.shape == (n0, n0) and trans.prob(0, 3) > 0.85
+    teacher = RuleTeacher(
+        world.dataset.catalog,
+        codes,
+        _personas(world),
+        transitions=trans,
+        config=RuleTeacherConfig(neighbours=0),
+    )
+    out = teacher.explain(0, a[:3], None)
+    assert out is not None
+    assert [i.sid_prefix[0] for i in out.cot.interests] == [0, 3]
+    assert "often comes next" in out.cot.transition and out.cot.next_interest == 1
+    # Neighbours alone: the nearest items of a region-0 item share its category, so nothing new
+    # comes from them; the expansion, if any, is then a region other than the history's.
+    near = RuleTeacher(
+        world.dataset.catalog, codes, _personas(world), item_index=world.index
+    ).explain(0, a[:3], None)
+    assert near is not None and len({i.sid_prefix for i in near.cot.interests}) >= 1
+
+
+def test_prefix_labels_come_from_categories(world: Any) -> None:
+    labels = PrefixLabels.build(world.dataset.catalog, world.codes)
+    cats = world.dataset.catalog.categories
+    first = [cats[i][-1] for i in np.flatnonzero(world.codes[:, 0] == 0)]
+    assert labels.label((0,)).split(" / ")[0] in set(first)
+    assert labels.label((0, 999)) == labels.label((0,))  # unknown child: its region's label
+    assert labels.label((999,)) == "a_999"
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="max_interests"):
+        RuleTeacherConfig(max_interests=6)
+    with pytest.raises(ConfigError, match="coverage"):
+        RuleTeacherConfig(coverage=0.0)
+    with pytest.raises(ConfigError, match="half_life"):
+        RuleTeacherConfig(half_life=0)
+
+
+def _personas(world: Any) -> Any:
+    from trainer.cot.personas import PersonaConfig, PersonaModel, features_for, histories_from
+
+    cfg = PersonaConfig(num_personas=4, n_init=1)
+    feats = features_for(world.dataset.catalog, None, cfg)
+    return PersonaModel.fit(feats, histories_from(world.dataset.interactions), cfg)
+
+
+def _bare_teacher(world: Any, config: RuleTeacherConfig) -> RuleTeacher:
+    return RuleTeacher(world.dataset.catalog, world.codes, _personas(world), config=config)
