@@ -4,8 +4,10 @@ Every prefix of every training sequence is a sample: a user's train items `x_1..
 into windows of at most `max_len + 1` items, counted back from the most recent one, and each
 window trains all of its positions at once (position t predicts x_{t+1} from x_1..x_t, causal
 attention). Windows do not overlap in their targets, so each train item (except a user's
-first) is a target exactly once per epoch; only histories longer than `max_len` lose their
-oldest context, as they do at inference.
+first) is a target exactly once per epoch. The price of windows over the sliding alternative
+(one sample per prefix): in a user's older windows (only users with more than max_len + 1
+train items) a target sees only the items inside its window, fewer than max_len — on Amazon
+Beauty 3,382 of 131,413 targets, on Office 288 of 38,543.
 
 Loss: cross-entropy over the FULL catalogue at every real position. Selection: Recall@10 on
 the validation targets (history = train items), full catalogue, every epoch; the best epoch's
