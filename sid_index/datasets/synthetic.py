@@ -129,7 +129,7 @@ class SyntheticConfig:
     max_interests: int = 4
     """Most active interests a user draws from its persona."""
     transition_strength: float = 0.35
-    """Probability that the next category is the complement of the previous one."""
+    """Probability that the next category is a (persona-tilted) complement of the previous one."""
     interest_strength: float = 0.85
     """Otherwise, probability that it is one of the user's interests (else any category)."""
     zipf_exponent: float = 1.1
