@@ -35,7 +35,8 @@ def test_labels_cover_the_completion_only(world, make_reasoner) -> None:
         n = len(data.ids[i])
         assert (labels[: data.prompt_lens[i]] == IGNORE).all()
         assert (labels[n:] == IGNORE).all()  # padding
-        assert labels[data.prompt_lens[i] : n].tolist() == data.ids[i][data.prompt_lens[i] :].tolist()
+        start = data.prompt_lens[i]
+        assert labels[start:n].tolist() == data.ids[i][start:].tolist()
         assert int(batch.attention_mask[row].sum()) == n
 
 

@@ -41,9 +41,7 @@ def _check_every_token_is_one_id(tokenizer, vocab: ReasonerVocab) -> None:
 
 
 def test_scratch_tokenizer_keeps_format_tokens_whole(world, tmp_path: Path) -> None:
-    reasoner = prepare_reasoner(
-        "scratch:tiny", LEVELS, PERSONAS, corpus_texts=world.texts()
-    )
+    reasoner = prepare_reasoner("scratch:tiny", LEVELS, PERSONAS, corpus_texts=world.texts())
     tok, vocab = reasoner.tokenizer, reasoner.vocab
     _check_every_token_is_one_id(tok, vocab)
     # Every format token is new; the BPE rows below are not.
@@ -96,9 +94,7 @@ def test_base_model_vocabulary_extension(world, tmp_path: Path, tie: bool) -> No
     old_len = len(train_bpe(texts, 400))
 
     titles = world.dataset.catalog.titles
-    reasoner = prepare_reasoner(
-        str(base), LEVELS, PERSONAS, sid_codes=world.codes, titles=titles
-    )
+    reasoner = prepare_reasoner(str(base), LEVELS, PERSONAS, sid_codes=world.codes, titles=titles)
     tok, vocab, model = reasoner.tokenizer, reasoner.vocab, reasoner.model
     _check_every_token_is_one_id(tok, vocab)
     emb = model.get_input_embeddings().weight.detach()
