@@ -29,6 +29,7 @@ def test_codes_shape_range_and_dtype() -> None:
 
 def test_planted_clusters_recovered_at_level_0() -> None:
     x, labels = planted(n_clusters=8)
+    # The default seeds level 0 with k-means++, which finds well-separated groups.
     codes = RQKMeans.fit(x, RQKMeansConfig(levels=(8, 4), niter=20, nredo=3)).encode(x)
     # Each planted cluster maps to exactly one level-0 code, and different clusters to
     # different codes (a perfect partition up to relabelling).
@@ -37,14 +38,29 @@ def test_planted_clusters_recovered_at_level_0() -> None:
     assert len(np.unique(pairs[:, 0])) == 8 and len(np.unique(pairs[:, 1])) == 8
 
 
-def test_deterministic_with_seed() -> None:
+@pytest.mark.parametrize("kmeanspp_levels", [0, 1, 3])
+def test_deterministic_with_seed(kmeanspp_levels: int) -> None:
     x, _ = planted(seed=3)
-    cfg = RQKMeansConfig(levels=(6, 6, 6), niter=8, seed=7)
+    cfg = RQKMeansConfig(levels=(6, 6, 6), niter=8, seed=7, kmeanspp_levels=kmeanspp_levels)
     a = RQKMeans.fit(x, cfg)
     b = RQKMeans.fit(x, cfg)
     np.testing.assert_array_equal(a.encode(x), b.encode(x))
     for ca, cb in zip(a.codebooks, b.codebooks, strict=True):
         np.testing.assert_array_equal(ca, cb)
+
+
+def test_kmeanspp_seeding_spreads_centres() -> None:
+    from sid_index.rq_kmeans import _kmeans_pp
+
+    x, labels = planted(n_clusters=8, per=40)
+    x[:40] = x[0]  # cluster 0 collapsed to exact duplicates: only one of them may be chosen
+    hits = 0
+    for seed in range(20):
+        centres = _kmeans_pp(x, 8, np.random.default_rng(seed))
+        assert len(np.unique(centres, axis=0)) == 8
+        nearest = np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(-1), axis=0)
+        hits += len(np.unique(labels[nearest])) == 8
+    assert hits >= 17  # D² sampling lands one seed per separated cluster almost always
 
 
 def test_residual_error_shrinks_with_levels() -> None:
@@ -92,6 +108,7 @@ def test_single_item() -> None:
         ({"levels": (8, 0)}, "levels=(8, 0)"),
         ({"niter": 0}, "niter=0"),
         ({"nredo": 0}, "nredo=0"),
+        ({"kmeanspp_levels": -1}, "kmeanspp_levels=-1"),
         ({"max_points_per_centroid": 0}, "max_points_per_centroid=0"),
         ({"levels": (2,) * 26}, "must be <= 25"),
     ],
