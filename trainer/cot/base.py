@@ -34,6 +34,9 @@ class TeacherCoT:
     gap between prediction and hindsight can be measured; None when it made none."""
     source: str
     """Name of the teacher that wrote it (e.g. "rule", "llm:qwen3", "rule (fallback)")."""
+    added_by_hindsight: bool = False
+    """True when the chosen interest exists only because the teacher saw the next item (it
+    was added, or widened from a level-0+1 prefix, to cover it)."""
 
 
 class CoTTeacher(Protocol):

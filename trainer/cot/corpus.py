@@ -120,6 +120,8 @@ class CorpusStats:
     """Samples meant to think whose teacher returned nothing or failed (written without)."""
     hindsight_differs: int = 0
     """Thinking samples whose hindsight next interest differs from the history-only guess."""
+    hindsight_added: int = 0
+    """Thinking samples whose chosen interest was added (or widened) to cover the target."""
     per_domain: dict[str, list[int]] = field(default_factory=dict)
     """domain -> [samples, thinking]."""
 
@@ -196,6 +198,7 @@ def build_sft_corpus(
             else:
                 cot = made.cot
                 stats.hindsight_differs += made.predicted_next != made.cot.next_interest
+                stats.hindsight_added += made.added_by_hindsight
         items = [PromptItem(tuple(codes[i].tolist()), catalog.titles[i]) for i in history.tolist()]
         sample = SFTSample(
             prompt=render_prompt(items, thinking=cot is not None),

@@ -299,7 +299,9 @@ def _name_prototypes(
         score = np.where(name_fam, share * np.log1p(np.maximum(lift, 0)), -1.0)
         top = [int(i) for i in np.argsort(-score, kind="stable") if score[i] > 0]
         head = [features.labels[i].lower() for i in top[:_MAX_NAME_FEATURES]]
-        name = " & ".join(head) if head else f"persona {j}"
+        # Category names often contain "&" themselves ("Labels & Stickers"): join with "+".
+        joiner = " + " if any("&" in h for h in head) else " & "
+        name = joiner.join(head) if head else f"persona {j}"
         dom_mass = np.where(domain_fam, mix, 0.0)
         if dom_mass.sum() > 0:
             dom_share = dom_mass / dom_mass.sum()

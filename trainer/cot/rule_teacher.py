@@ -263,7 +263,7 @@ class RuleTeacher:
             return f"after {title} ({last_label}), {label} often comes next"
         if hyp.kind == "history":
             return f"after {title}, a return to {label}, a steady interest in the history"
-        return f"after {title}, a move to {label}, next to {last_label}"
+        return f"after {title}, a new direction: {label}"
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -307,7 +307,8 @@ class RuleTeacher:
             next_interest=chosen,
             transition=self._reason(history, hyps[chosen], interests[chosen].label),
         )
-        return TeacherCoT(cot, target is not None, predicted, self.name)
+        added = target is not None and hyps[chosen].kind == "hindsight"
+        return TeacherCoT(cot, target is not None, predicted, self.name, added)
 
     def trace(self, user: int, history: np.ndarray) -> TraceTokens | None:
         """`TraceTeacher`: persona and interest prefixes from the history alone."""

@@ -46,6 +46,7 @@ def test_ratios_per_domain_are_exact(world: Any, rule_teacher: RuleTeacher) -> N
         assert stats.per_domain[domain] == [len(flags), sum(flags)]
     assert stats.samples == len(samples) and stats.teacher_failures == 0
     assert 0 < stats.hindsight_differs < stats.thinking
+    assert 0 < stats.hindsight_added <= stats.hindsight_differs
     # Seeded: the same config gives the same corpus, another seed another thinking subset.
     again = build_sft_corpus(world.split, world.dataset.catalog, world.codes, rule_teacher, cfg)
     assert again == samples

@@ -114,6 +114,11 @@ def test_interests_cover_the_history_and_refine(world: Any) -> None:
     assert first.sid_prefix == (r0, r1)
     assert out.cot.interests[1].sid_prefix == (int(codes[far[0], 0]),)
     assert first.weight > out.cot.interests[1].weight
+    # A target in the region but another child widens the refined interest to level 0.
+    widened = teacher.explain(0, history, int(other[0]))
+    assert widened is not None and widened.added_by_hindsight
+    assert widened.cot.interests[widened.cot.next_interest].sid_prefix == (r0,)
+    assert len(widened.cot.interests) == len(out.cot.interests)
 
 
 def test_hindsight_adds_or_widens_the_target_interest(world: Any) -> None:
@@ -124,7 +129,15 @@ def test_hindsight_adds_or_widens_the_target_interest(world: Any) -> None:
     out = teacher.explain(0, a[:3], int(b[0]))
     assert out is not None and out.hindsight
     assert out.cot.interests[out.cot.next_interest].sid_prefix == (1,)
-    assert out.predicted_next == 0 and out.cot.next_interest == 1
+    assert out.predicted_next == 0 and out.cot.next_interest == 1 and out.added_by_hindsight
+    assert "a new direction" in out.cot.transition
+    guess = teacher.explain(0, a[:3], None)
+    assert guess is not None
+    p = guess.cot.interests[0].sid_prefix
+    inside = next(i for i in range(len(codes)) if tuple(codes[i, : len(p)].tolist()) == p)
+    same = teacher.explain(0, a[:3], inside)
+    assert same is not None and same.cot.next_interest == 0 and not same.added_by_hindsight
+    assert same.cot.interests == guess.cot.interests
     full = _bare_teacher(world, RuleTeacherConfig(expand=False, max_interests=1))
     out = full.explain(0, a[:3], int(b[0]))
     assert out is not None  # the weakest (only) interest made room for the target's region
