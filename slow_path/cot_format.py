@@ -59,19 +59,9 @@ INTEREST, INTEREST_END = "<interest>", "</interest>"
 TRANSITION, TRANSITION_END = "<transition>", "</transition>"
 ANSWER, ANSWER_END = "<answer>", "</answer>"
 SECTION_TOKENS = (
-    USER,
-    USER_END,
-    THINK,
-    THINK_END,
-    PERSONA,
-    PERSONA_END,
-    INTEREST,
-    INTEREST_END,
-    TRANSITION,
-    TRANSITION_END,
-    ANSWER,
-    ANSWER_END,
-)
+    USER, USER_END, THINK, THINK_END, PERSONA, PERSONA_END,
+    INTEREST, INTEREST_END, TRANSITION, TRANSITION_END, ANSWER, ANSWER_END,
+)  # fmt: skip
 
 
 def next_token(k: int) -> str:

@@ -116,7 +116,7 @@ def test_catalog_features_skip_the_shared_root_and_fall_back_to_sids() -> None:
 def test_histograms_are_normalized_and_recency_weighted() -> None:
     feats = ItemFeatures.from_groups(np.array([0, 1, 1, -1]), ["g0", "g1"])
     h = user_histograms(feats, [np.array([0, 1, 2]), np.array([3]), np.array([], dtype=np.int64)])
-    np.testing.assert_allclose(h, [[1 / 3, 2 / 3], [0, 0], [0, 0]])
+    np.testing.assert_allclose(h, np.array([[1 / 3, 2 / 3], [0, 0], [0, 0]]))
     recent = user_histograms(feats, [np.array([0, 1])], half_life=1.0)
     np.testing.assert_allclose(recent, [[1 / 3, 2 / 3]])  # the older item counts half
 

@@ -117,6 +117,7 @@ def test_interests_cover_the_history_and_refine(world: Any) -> None:
     # A target in the region but another child widens the refined interest to level 0.
     widened = teacher.explain(0, history, int(other[0]))
     assert widened is not None and widened.added_by_hindsight
+    assert widened.cot.next_interest is not None
     assert widened.cot.interests[widened.cot.next_interest].sid_prefix == (r0,)
     assert len(widened.cot.interests) == len(out.cot.interests)
 
@@ -127,7 +128,7 @@ def test_hindsight_adds_or_widens_the_target_interest(world: Any) -> None:
     a = np.flatnonzero(codes[:, 0] == 0)
     b = np.flatnonzero(codes[:, 0] == 1)
     out = teacher.explain(0, a[:3], int(b[0]))
-    assert out is not None and out.hindsight
+    assert out is not None and out.hindsight and out.cot.next_interest is not None
     assert out.cot.interests[out.cot.next_interest].sid_prefix == (1,)
     assert out.predicted_next == 0 and out.cot.next_interest == 1 and out.added_by_hindsight
     assert "a new direction" in out.cot.transition
