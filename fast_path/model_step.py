@@ -16,7 +16,10 @@ Adapters:
 - `SharedPrefixStep` (Llama / Qwen2 layouts) keeps the context's keys/values once per request
   and only the few generated tokens per beam; at each step the beams of a request attend to
   their shared context with one batched matmul per layer instead of copying the context cache
-  B×beams times. Prefill still runs the transformers forward, so the context cache is exact.
+  B×beams times. Its prefill is packed (no compute on left padding) and runs the last layer's
+  attention output and MLP on each row's last token only (the cache needs just its K/V).
+  It re-implements the decoder block with the model's own modules and weights, so it follows
+  transformers to float rounding (tests compare both adapters with `generate`).
 
 Both return float32 logits of the full vocabulary; the caller owns the softmax.
 """
@@ -174,19 +177,19 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _cache_layers(kv: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per-layer (keys, values) of a transformers DynamicCache (5.x `layers`, 4.x lists)."""
-    if hasattr(kv, "layers"):
-        return [(layer.keys, layer.values) for layer in kv.layers]
-    return list(zip(kv.key_cache, kv.value_cache, strict=True))
+def _unpack(x: torch.Tensor, real: torch.Tensor, batch: int, length: int) -> torch.Tensor:
+    """(N, heads, hd) packed real tokens → (B, heads, T, hd) with zeros on padding."""
+    out = x.new_zeros(batch * length, *x.shape[1:])
+    out[real] = x
+    return out.view(batch, length, *x.shape[1:]).transpose(1, 2)
 
 
 class SharedPrefixStep:
     """`ModelStep` for Llama / Qwen2 causal LMs that never copies the context per beam.
 
-    Prefill runs the transformers forward on B rows; each step re-implements one decoder
-    token with the model's own modules (norms, projections, rotary table, MLP, head) and
-    splits attention into (shared context, per-beam generated tokens) under one softmax."""
+    Prefill and steps re-implement the decoder block with the model's own modules (norms,
+    projections, rotary table, MLP, head); a step splits attention into (shared context,
+    per-beam generated tokens) under one softmax."""
 
     def __init__(self, model: nn.Module) -> None:
         config = getattr(model, "config", None)
@@ -198,13 +201,14 @@ class SharedPrefixStep:
             )
         if getattr(config, "use_sliding_window", False):
             raise ConfigError("SharedPrefixStep does not implement sliding-window attention")
-        self._forward = _HFForward(model)
+        model.eval()
         # Llama / Qwen2 layout: model.model.{embed_tokens, rotary_emb, layers, norm}, lm_head.
         self.base: Any = cast(Any, model.model)
         self.lm_head: Any = cast(Any, model.lm_head)
         attn = self.base.layers[0].self_attn
         self.head_dim: int = attn.head_dim
         self.groups: int = attn.num_key_value_groups
+        self.kv_heads: int = attn.k_proj.out_features // attn.head_dim
         self.scaling: float = attn.scaling
 
     @torch.inference_mode()
@@ -212,22 +216,71 @@ class SharedPrefixStep:
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, SharedPrefixCache]:
         _check_prompt(input_ids, attention_mask)
-        mask = attention_mask.long()
-        pos = _positions(mask)
-        logits, kv = self._forward(input_ids.long(), mask, pos, None)
-        layers = _cache_layers(kv)
-        batch = input_ids.shape[0]
-        dtype = layers[0][0].dtype
-        bias = torch.zeros(mask.shape, dtype=dtype).masked_fill(mask == 0, torch.finfo(dtype).min)
-        empty = layers[0][0][:, :, :0]  # (R, Hkv, 0, hd)
+        batch, length = input_ids.shape
+        mask = attention_mask.bool()
+        pos = _positions(attention_mask)  # (B, T)
+        # Packed: norms, projections and MLPs run on the real tokens only, never on padding.
+        real = torch.nonzero(mask.flatten()).flatten()  # (N,) into B·T
+        last = torch.arange(1, batch + 1) * length - 1  # left padding: row ends are real
+        last_packed = torch.searchsorted(real, last)  # (B,) rows of `real`
+        h = self.base.embed_tokens(input_ids.flatten()[real].long())[None]  # (1, N, d)
+        cos, sin = self.base.rotary_emb(h, pos.flatten()[real][None])  # (1, N, hd)
+        cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # (N, 1, hd)
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        # A key is visible when it is real and not in the future; a padding query sees itself
+        # only, so no softmax row is empty (its output is discarded).
+        allowed = (causal & mask[:, None, :]) | torch.eye(length, dtype=torch.bool)
+        allowed = allowed[:, None]  # (B, 1, T, T)
+        dtype = h.dtype
+        keys: list[torch.Tensor] = []
+        values: list[torch.Tensor] = []
+        num_layers = len(self.base.layers)
+        for i, layer in enumerate(self.base.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)[0]  # (N, d)
+            k = attn.k_proj(x).view(-1, self.kv_heads, self.head_dim)
+            v = attn.v_proj(x).view(-1, self.kv_heads, self.head_dim)
+            k = k * cos + _rotate_half(k) * sin  # (N, Hkv, hd)
+            k_pad = _unpack(k, real, batch, length)  # (B, Hkv, T, hd)
+            v_pad = _unpack(v, real, batch, length)
+            keys.append(k_pad)
+            values.append(v_pad)
+            if i == num_layers - 1:
+                # The context's keys/values are all the cache needs from the last layer: the
+                # rest of it only runs on each row's last token, which yields the logits.
+                h, x, cos, sin = (
+                    h[:, last_packed],
+                    x[last_packed],
+                    cos[last_packed],
+                    sin[last_packed],
+                )
+            q = attn.q_proj(x).view(-1, self.kv_heads * self.groups, self.head_dim)
+            q = q * cos + _rotate_half(q) * sin  # (N or B, H, hd)
+            k_rep = k_pad.repeat_interleave(self.groups, dim=1)  # (B, H, T, hd)
+            v_rep = v_pad.repeat_interleave(self.groups, dim=1)
+            if i == num_layers - 1:
+                o = torch.nn.functional.scaled_dot_product_attention(
+                    q[:, :, None], k_rep, v_rep, attn_mask=allowed[:, :, -1:], scale=self.scaling
+                )[:, :, 0]  # (B, H, hd)
+            else:
+                q_pad = _unpack(q, real, batch, length)  # (B, H, T, hd)
+                o = torch.nn.functional.scaled_dot_product_attention(
+                    q_pad, k_rep, v_rep, attn_mask=allowed, scale=self.scaling
+                )  # (B, H, T, hd)
+                o = o.transpose(1, 2).reshape(batch * length, -1)[real]  # (N, H·hd)
+            h = h + attn.o_proj(o.reshape(1, o.shape[0], -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        logits = self.lm_head(self.base.norm(h))[0].float()  # (B, V)
+        bias = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+        empty = keys[0][:, :, :0]  # (R, Hkv, 0, hd)
         cache = SharedPrefixCache(
-            ctx_keys=[k for k, _ in layers],
-            ctx_values=[v for _, v in layers],
+            ctx_keys=keys,
+            ctx_values=values,
             ctx_bias=bias[:, None, None, None, :],
             next_position=pos[:, -1] + 1,
             request=torch.arange(batch),
-            beam_keys=[empty] * len(layers),
-            beam_values=[empty] * len(layers),
+            beam_keys=[empty] * num_layers,
+            beam_values=[empty] * num_layers,
         )
         return logits, cache
 

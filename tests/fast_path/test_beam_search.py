@@ -313,7 +313,7 @@ HYP_OFFSETS = np.array([NUM_SPECIAL, NUM_SPECIAL + 5, NUM_SPECIAL + 9])
 HYP_VOCAB = NUM_SPECIAL + sum(HYP_SIZES)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=st.lists(
         st.tuples(*(st.integers(0, s - 1) for s in HYP_SIZES)), min_size=1, max_size=25, unique=True
