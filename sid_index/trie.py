@@ -243,7 +243,7 @@ class SIDTrie:
             codes = self.node_code[nodes.clamp(max=self.num_nodes - 1)].long()
         if exclusion is not None:
             rows = _request_rows(request, states.shape[0])
-            valid &= ~exclusion.is_dead(rows[:, None], nodes)
+            valid &= ~exclusion.is_dead_at(rows[:, None], nodes, level + 1)
         nodes = torch.where(valid, nodes, torch.full_like(nodes, DEAD))
         return Children(codes, nodes, valid)
 
@@ -335,12 +335,21 @@ class Exclusion:
     """Node count of the trie it belongs to."""
     dead_keys: torch.Tensor
     """(D,) sorted int64 keys `request * num_nodes + node` of every dead node."""
+    depth_offsets: tuple[int, ...]
+    """The trie's first node id per depth (see `SIDTrie.depth_offsets`)."""
+    dead_tables: tuple[torch.Tensor | None, ...]
+    """Per depth 0..L: (R, nodes at depth) bool dead flags where that is small (the wide first
+    levels, where a batch checks the most children), else None (binary search in `dead_keys`)."""
 
     @classmethod
     def build(
-        cls, trie: SIDTrie, item_sets: Sequence[Sequence[int] | np.ndarray | torch.Tensor]
+        cls,
+        trie: SIDTrie,
+        item_sets: Sequence[Sequence[int] | np.ndarray | torch.Tensor],
+        dense_entries: int = DEFAULT_DENSE_ENTRIES,
     ) -> Exclusion:
-        """One set of excluded catalogue indices per request (duplicates are fine).
+        """One set of excluded catalogue indices per request (duplicates are fine); depths
+        with at most `dense_entries` (requests × nodes) also get a dead table.
 
         Raises DataError for an index outside the catalogue."""
         sizes = [len(s) for s in item_sets]
@@ -368,7 +377,31 @@ class Exclusion:
             )
             keys.append(node_keys[hits == end - leaf_start[node]])
         dead = np.sort(np.concatenate(keys))
-        return cls(len(item_sets), trie.num_nodes, torch.from_numpy(dead))
+        num_requests = len(item_sets)
+        tables: list[torch.Tensor | None] = []
+        for d in range(trie.num_levels + 1):
+            lo, hi = trie.depth_offsets[d], trie.depth_offsets[d + 1]
+            if num_requests * (hi - lo) > dense_entries:
+                tables.append(None)
+                continue
+            req, node = np.divmod(dead, trie.num_nodes)
+            at_depth = (node >= lo) & (node < hi)
+            table = np.zeros((num_requests, hi - lo), dtype=bool)
+            table[req[at_depth], node[at_depth] - lo] = True
+            tables.append(torch.from_numpy(table))
+        return cls(
+            num_requests, trie.num_nodes, torch.from_numpy(dead), trie.depth_offsets, tuple(tables)
+        )
+
+    def is_dead_at(self, request: torch.Tensor, nodes: torch.Tensor, depth: int) -> torch.Tensor:
+        """`is_dead` for nodes known to lie at `depth` (or be `DEAD`): a table gather where
+        the depth has a dead table."""
+        table = self.dead_tables[depth]
+        if table is None:
+            return self.is_dead(request, nodes)
+        lo, hi = self.depth_offsets[depth], self.depth_offsets[depth + 1]
+        local = (nodes.long() - lo).clamp(0, hi - lo - 1)
+        return table[request.long(), local] & (nodes >= lo) & (nodes < hi)
 
     def is_dead(self, request: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         """Bool of broadcast(request, nodes) shape: the node is dead for that request (a
