@@ -79,12 +79,16 @@ class SIDStats:
 
 def group_sizes(codes: np.ndarray) -> np.ndarray:
     """Size of the group of identical code rows each row belongs to: (N, L) -> (N,) int64."""
+    inverse, counts = _groups(codes)
+    return counts[inverse]
+
+
+def _groups(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(group id per row (N,), rows per group (G,)) for identical code rows."""
     if codes.shape[1] == 0:
-        return np.full(len(codes), len(codes), dtype=np.int64)
-    _, inverse, counts = np.unique(
-        _row_keys(codes), return_inverse=True, return_counts=True, axis=None
-    )
-    return counts[inverse.reshape(-1)]
+        return np.zeros(len(codes), dtype=np.int64), np.array([len(codes)], dtype=np.int64)
+    _, inverse, counts = np.unique(_row_keys(codes), return_inverse=True, return_counts=True)
+    return inverse.reshape(-1), counts
 
 
 def _row_keys(codes: np.ndarray) -> np.ndarray:
@@ -124,10 +128,8 @@ def compute_stats(
     prefix_rates = tuple(
         float(np.mean(group_sizes(codes[:, :depth]) > 1)) for depth in range(1, num_levels + 1)
     )
-    base = group_sizes(codes[:, :base_levels])
-    shared = base > 1
-    # Each colliding group of size s contributes s rows with size s: count groups as sum(1/s).
-    groups = round(float(np.sum(1.0 / base[shared]))) if shared.any() else 0
+    inverse, counts = _groups(codes[:, :base_levels])
+    shared = counts[inverse] > 1
     used = tuple(len(np.unique(codes[:, level])) for level in range(num_levels))
     return SIDStats(
         source=source,
@@ -136,8 +138,8 @@ def compute_stats(
         codes_used=used,
         base_levels=base_levels,
         collision_rate=float(np.mean(shared)),
-        colliding_groups=groups,
-        max_group_size=int(base.max()),
+        colliding_groups=int(np.sum(counts > 1)),
+        max_group_size=int(counts.max()),
         prefix_collision_rate=prefix_rates,
         disambiguation_size=int(level_sizes[-1]) if base_levels < num_levels else 0,
         unique=bool(group_sizes(codes).max() == 1),
