@@ -115,3 +115,14 @@ def test_check_texts_names_empty_items() -> None:
     with pytest.raises(DataError, match=r"2 of 3 items have no text .*'b', 'c'.*--sids") as exc:
         check_texts(["a", "b", "c"], ["x", "", "  \n"], hint=" (import with --sids)")
     assert "'a'" not in str(exc.value)
+
+
+@pytest.mark.parametrize("name", ["minilm", "hashing"])
+def test_embedder_contract(name: str, minilm: MiniLMEmbedder) -> None:
+    emb: TextEmbedder = minilm if name == "minilm" else make_embedder(name)
+    assert isinstance(emb, TextEmbedder) and emb.name == name
+    a = emb.embed(TEXTS[:4])
+    assert a.shape == (4, emb.dim) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(emb.embed(TEXTS[:4]), a, atol=1e-6)  # deterministic
+    np.testing.assert_allclose(emb.embed(TEXTS[2:3])[0], a[2], atol=2e-5)  # row-independent
