@@ -244,7 +244,7 @@ def train_fast_model(
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 state["step"] = int(state["step"]) + 1  # type: ignore[call-overload]
-            losses.append(float(loss))
+            losses.append(loss.item())
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
         epoch += 1

@@ -1,0 +1,111 @@
+"""`reasonrec train fast` and `reasonrec eval` end to end on a tiny synthetic release."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from serving.cli import main
+from sid_index.release import load_release
+
+
+@pytest.mark.slow
+def test_train_fast_then_eval(tmp_path: Path) -> None:
+    rel = tmp_path / "rel"
+    spec = "synthetic:users=200,items=120,seed=2"
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--dataset",
+                spec,
+                "--out",
+                str(rel),
+                "--levels",
+                "8,8",
+                "--embedder",
+                "hashing",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "fast",
+                "--release",
+                str(rel),
+                "--teacher",
+                "oracle",
+                "--epochs",
+                "2",
+                "--hidden-size",
+                "32",
+                "--layers",
+                "1",
+                "--eval-users",
+                "50",
+            ]
+        )
+        == 0
+    )
+    release = load_release(rel, require=["sid_index", "fast_model"])
+    metrics = release.manifest.metrics["fast_model"]
+    assert metrics["epochs_run"] == 2 and "valid/recall@10" in metrics
+    runs = tmp_path / "rel.runs"
+    assert (runs / "fast" / "curves.png").stat().st_size > 0
+    assert len((runs / "fast" / "metrics.jsonl").read_text().splitlines()) == 2
+    out = tmp_path / "eval.json"
+    assert (
+        main(
+            [
+                "eval",
+                "--release",
+                str(rel),
+                "--teachers",
+                "none,oracle",
+                "--baselines",
+                "popular",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    report = json.loads(out.read_text())
+    models = [r["model"] for r in report["rows"]]
+    assert models == ["fast model, trace: none", "fast model, trace: oracle", "most popular"]
+    for r in report["rows"]:
+        assert 0.0 <= r["recall@5"] <= r["recall@10"] <= 1.0
+    assert "| most popular |" in out.with_suffix(".md").read_text()
+
+
+def test_bad_inputs_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "fast", "--release", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    rel = tmp_path / "rel"
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--dataset",
+                "synthetic:users=50,items=60,seed=0",
+                "--out",
+                str(rel),
+                "--levels",
+                "4,4",
+                "--embedder",
+                "hashing",
+            ]
+        )
+        == 0
+    )
+    assert main(["train", "fast", "--release", str(rel), "--teacher", "psychic"]) == 2
+    assert "unknown teacher" in capsys.readouterr().err
+    assert main(["eval", "--release", str(rel), "--baselines", "magic"]) == 2
+    assert "unknown baselines" in capsys.readouterr().err
