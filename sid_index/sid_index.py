@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,12 +138,12 @@ class SIDIndex:
             if embedder is not None and not empty:
                 emb, seconds = embed_catalog(catalog, embedder)
                 build = SIDBuild(
-                    build.sids, _with(build.stats, embed_seconds=seconds), build.quantizer
+                    build.sids, replace(build.stats, embed_seconds=seconds), build.quantizer
                 )
             elif embedder is not None:
                 note = f"no item embeddings or FAISS index: {empty} items have no text"
                 build = SIDBuild(
-                    build.sids, _with(build.stats, notes=(*build.stats.notes, note)), None
+                    build.sids, replace(build.stats, notes=(*build.stats.notes, note)), None
                 )
         else:
             if embedder is None:
@@ -251,11 +251,6 @@ class SIDIndex:
             )
         except (DataError, ConfigError, KeyError, ValueError) as exc:
             raise ReleaseError(f"{d}: broken SID index ({exc})") from None
-
-
-def _with(stats: SIDStats, **changes: Any) -> SIDStats:
-    """A copy of frozen stats with some fields replaced."""
-    return SIDStats(**{**{k: getattr(stats, k) for k in stats.__dataclass_fields__}, **changes})
 
 
 def _write_json(path: Path, obj: object) -> None:
