@@ -27,7 +27,7 @@ import torch
 
 from fast_path.errors import RequestError
 from sid_index.records import Catalog
-from sid_index.trie import Exclusion, SIDTrie
+from sid_index.trie import DEFAULT_DENSE_ENTRIES, Exclusion, SIDTrie
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +163,7 @@ class CatalogFilters:
                 allowed[sel] = m.count[node[sel]]
             keys.append(uniq[hits >= allowed])
         dead = np.unique(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64)
-        return Exclusion(len(requests), num_nodes, torch.from_numpy(dead.astype(np.int64)))
+        return _exclusion(trie, len(requests), dead.astype(np.int64))
 
     # ---- per-domain-set precomputation ---------------------------------------------------------
 
@@ -204,3 +204,22 @@ class CatalogFilters:
         dead = np.flatnonzero(empty & ~parent_empty)
         dead = dead[dead != 0].astype(np.int64)
         return _DomainMask(count, dead, domain_ok)
+
+
+def _exclusion(trie: SIDTrie, num_requests: int, dead: np.ndarray) -> Exclusion:
+    """An `Exclusion` from sorted dead keys, with the per-depth dead tables that
+    `Exclusion.build` adds where (requests × nodes at a depth) is small (same rule)."""
+    req, node = np.divmod(dead, trie.num_nodes)
+    tables: list[torch.Tensor | None] = []
+    for d in range(trie.num_levels + 1):
+        lo, hi = trie.depth_offsets[d], trie.depth_offsets[d + 1]
+        if num_requests * (hi - lo) > DEFAULT_DENSE_ENTRIES:
+            tables.append(None)
+            continue
+        at_depth = (node >= lo) & (node < hi)
+        table = np.zeros((num_requests, hi - lo), dtype=bool)
+        table[req[at_depth], node[at_depth] - lo] = True
+        tables.append(torch.from_numpy(table))
+    return Exclusion(
+        num_requests, trie.num_nodes, torch.from_numpy(dead), trie.depth_offsets, tuple(tables)
+    )

@@ -51,7 +51,7 @@ class RecommenderSettings(BaseSettings):
     blend: str = "none"
     """How the trace's reasoner candidates enter the list: `none`, `interleave` or
     `score_mix(alpha)` (alpha in [0, 1] weighs the fast model), see fast_path.blending."""
-    decoder: Literal["auto", "shared_prefix", "hf"] = "hf"
+    decoder: Literal["auto", "shared_prefix", "hf"] = "auto"
     """Model adapter of the beam search: `shared_prefix` keeps the prompt's KV once per request
     (Llama/Qwen2 only), `hf` uses the transformers cache, `auto` picks shared_prefix where the
     architecture allows it."""

@@ -416,11 +416,12 @@ def _mixed_requests(release: Any) -> list[RecommendRequest]:
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("decoder", ["shared_prefix", "hf"])
 def test_batch_equals_single_requests(
-    make_recommender: Any, trace_store: RedisTraceStore, tiny_release: Any
+    decoder: str, make_recommender: Any, trace_store: RedisTraceStore, tiny_release: Any
 ) -> None:
     trace_store.put(_trace("t12", tiny_release.history(12), interests=[((2,), 1.0, "two")]))
-    rec = make_recommender(trace_store, blend="interleave")
+    rec = make_recommender(trace_store, blend="interleave", decoder=decoder)
     requests = _mixed_requests(tiny_release)
     batch = rec.recommend_batch(requests)
     for req, got in zip(requests, batch, strict=True):
