@@ -12,7 +12,7 @@ from serving.cli import main
 from sid_index.release import load_release
 from sid_index.sid_index import SIDIndex
 
-SPEC = "synthetic:users=30,items=120,seed=1"
+SPEC = "synthetic:users=30,items=80,seed=1"
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -40,11 +40,11 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_build_writes_a_verified_release(release: Path) -> None:
     rel = load_release(release, require=("sid_index",))
     index = SIDIndex.load(rel.part("sid_index"))
-    assert len(index) == 120 and index.sids.is_unique()
+    assert len(index) == 80 and index.sids.is_unique()
     assert index.sids.level_sizes[:3] == (8, 4, 4) and index.embedder_name == "minilm"
     assert index.item_index is not None and index.item_index.kind == "flat"
     metrics = rel.manifest.metrics["sid_index"]
-    assert metrics["unique"] is True and metrics["num_items"] == 120
+    assert metrics["unique"] is True and metrics["num_items"] == 80
     assert metrics["collision_rate"] == pytest.approx(index.stats.collision_rate)
     config = rel.manifest.configs["sid_index"]
     assert config["sids"]["rq"]["levels"] == [8, 4, 4]  # type: ignore[index]
@@ -59,8 +59,8 @@ def test_stats_and_compare(
     assert "rq-kmeans" in out and "unique SIDs" in out and "collision rate" in out
 
     index = SIDIndex.load(release / "sid_index")
-    # A coarse assignment with planted duplicates: items i and i+60 share a code.
-    assignment = {iid: [f"<a_{i % 60}>"] for i, iid in enumerate(index.catalog.item_ids)}
+    # A coarse assignment with planted duplicates: items i and i+40 share a code.
+    assignment = {iid: [f"<a_{i % 40}>"] for i, iid in enumerate(index.catalog.item_ids)}
     cmp = tmp_path / "cmp.json"
     cmp.write_text(json.dumps(assignment), encoding="utf-8")
     rc, out, _ = run(capsys, "index", "stats", str(release), "--compare", str(cmp), "--json")
@@ -68,7 +68,7 @@ def test_stats_and_compare(
     ours, theirs = json.loads(out)
     assert ours == index.stats.to_dict()
     assert theirs["source"] == "imported:cmp.json"
-    assert theirs["collision_rate"] == 1.0 and theirs["colliding_groups"] == 60
+    assert theirs["collision_rate"] == 1.0 and theirs["colliding_groups"] == 40
     assert theirs["unique"] is True and theirs["disambiguation_size"] == 2
     rc, out, _ = run(capsys, "index", "stats", str(release), "--compare", str(cmp))
     assert rc == 0 and "imported:cmp.json" in out and "rq-kmeans" in out

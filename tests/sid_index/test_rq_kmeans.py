@@ -30,7 +30,7 @@ def test_codes_shape_range_and_dtype() -> None:
 def test_planted_clusters_recovered_at_level_0() -> None:
     x, labels = planted(n_clusters=8)
     # The default seeds level 0 with k-means++, which finds well-separated groups.
-    codes = RQKMeans.fit(x, RQKMeansConfig(levels=(8, 4), niter=20, nredo=3)).encode(x)
+    codes = RQKMeans.fit(x, RQKMeansConfig(levels=(8, 4), niter=20, nredo=2)).encode(x)
     # Each planted cluster maps to exactly one level-0 code, and different clusters to
     # different codes (a perfect partition up to relabelling).
     pairs = np.unique(np.column_stack([labels, codes[:, 0]]), axis=0)
