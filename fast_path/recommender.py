@@ -311,7 +311,9 @@ class Recommender:
         hist_s = self._read_histories({i: requests[i] for i in valid}, jobs)
         for i in valid:
             job = jobs[i]
-            if not self.settings.cold_start and not job.history:
+            # A store outage is not the client's fault: it degrades to a cold start even when
+            # cold start is off for users who have no history.
+            if not self.settings.cold_start and not job.history and job.history_source != "error":
                 outcomes[i] = EmptyHistoryError(
                     f"user {job.request.user_id!r}: no stored history ({job.history_source}) "
                     "and cold start is off"

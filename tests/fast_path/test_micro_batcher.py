@@ -20,6 +20,7 @@ from fast_path.errors import (
 )
 from fast_path.micro_batcher import BatchStats, MicroBatcher
 from fast_path.recommender import Recommendation, Recommender, RecommendRequest
+from fast_path.settings import RecommenderSettings
 from sid_index.errors import ConfigError
 
 
@@ -244,9 +245,21 @@ def test_stop_answers_queued_requests_and_refuses_new_ones(
     assert all(isinstance(r, Recommendation) for r in asyncio.run(main()))
 
 
-def test_settings_and_bad_config(make_recommender: Any) -> None:
-    rec = make_recommender(max_batch=7, max_wait_s=0.01, max_queue=9)
+def test_settings_from_the_environment_and_bad_config(
+    make_recommender: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REASONREC_MAX_WAIT_S", "0.01")
+    monkeypatch.setenv("REASONREC_MAX_QUEUE", "9")
+    rec = make_recommender(max_batch=7)
     b = MicroBatcher.from_settings(rec)
     assert (b.max_batch, b.max_wait_s, b.max_queue) == (7, 0.01, 9)
     with pytest.raises(ConfigError, match="max_batch"):
         MicroBatcher(rec, max_batch=0)
+    monkeypatch.setenv("REASONREC_MAX_BATCH", "many")
+    with pytest.raises(ConfigError, match="max_batch='many'"):
+        RecommenderSettings.load()
+    monkeypatch.delenv("REASONREC_MAX_BATCH")
+    with pytest.raises(ConfigError, match="k_max=200 must be <= beams_max=128"):
+        RecommenderSettings.load(k_max=200)
+    with pytest.raises(ConfigError, match="device"):
+        RecommenderSettings.load(device="tpu")
