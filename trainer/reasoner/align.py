@@ -36,7 +36,7 @@ from trainer.reasoner.train_loop import (
 
 
 @dataclass(frozen=True, slots=True)
-class AlignConfig(LoopConfig):
+class AlignTrainConfig(LoopConfig):
     """Alignment stage settings: the shared loop settings (full-parameter phase) plus the
     embedding warm-up phase."""
 
@@ -104,7 +104,7 @@ def new_row_masks(reasoner: Reasoner) -> tuple[list[torch.nn.Parameter], list[Ro
 def train_align(
     reasoner: Reasoner,
     samples: Sequence[PromptCompletion] | TokenizedSamples,
-    cfg: AlignConfig,
+    cfg: AlignTrainConfig,
     out_dir: Path,
     *,
     evaluate: EvalFn | None = None,

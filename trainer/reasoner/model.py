@@ -154,8 +154,9 @@ def build_scratch(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
     _deterministic_generation_config(model, tokenizer)
     # A fresh BPE has none of the format tokens, so all of them are new rows (the warm-up
     # phase trains them against the random backbone).

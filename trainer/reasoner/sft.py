@@ -22,7 +22,7 @@ from trainer.reasoner.train_loop import EvalFn, LoopConfig, LoopResult, train_ca
 
 
 @dataclass(frozen=True, slots=True)
-class SFTConfig(LoopConfig):
+class SFTTrainConfig(LoopConfig):
     """SFT settings (the shared loop settings with SFT defaults)."""
 
     epochs: int = 3
@@ -56,7 +56,7 @@ class SFTResult:
 def train_sft(
     reasoner: Reasoner,
     samples: Sequence[PromptCompletion],
-    cfg: SFTConfig,
+    cfg: SFTTrainConfig,
     out_dir: Path,
     *,
     evaluate: EvalFn | None = None,

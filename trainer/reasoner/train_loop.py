@@ -22,8 +22,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,8 @@ from trainer.reasoner.tokenizer import tokenizer_files
 from trainer.training_log import MetricsLog, progress
 
 log = logging.getLogger(__name__)
+
+_PLOT_EVERY_S = 60.0
 
 EvalFn = Callable[[Reasoner], dict[str, float]]
 """Evaluation callback, run on rank 0 at each epoch end; its metrics go into the log."""
@@ -79,7 +81,7 @@ class LoopConfig:
     log_every: int = 10
     """Optimizer steps between metric records."""
     save_every: int = 0
-    """Optimizer steps between checkpoints (0: only at epoch ends and at the end)."""
+    """Optimizer steps between checkpoints (0: at every epoch end); always one at the end."""
     seed: int = 0
     """Seed of the data order."""
     device: str = "auto"
@@ -167,6 +169,20 @@ class _CompletionLoss(nn.Module):
             ).last_hidden_state  # (B, T, H)
             logits = self.lm.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
         return F.cross_entropy(logits.float(), target[keep], reduction="sum")
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' progress bars for a moment (restoring the caller's setting)."""
+    from transformers.utils import logging as hf_logging
+
+    was_disabled = hf_logging.is_progress_bar_enabled() is False
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            hf_logging.enable_progress_bar()
 
 
 def _dist_info() -> tuple[int, int]:
@@ -271,14 +287,25 @@ def train_causal_lm(
         MetricsLog(out_dir / "metrics.jsonl", append=int(state["step"]) > 0) if rank == 0 else None  # type: ignore[call-overload]
     )
 
-    def checkpoint(done: bool, plot: bool = True) -> None:
+    last_plot = [-math.inf]
+
+    def plot(force: bool = False) -> None:
+        # At epoch ends, at most every _PLOT_EVERY_S (a matplotlib figure costs ~1 s), and at
+        # the end.
+        now = time.perf_counter()
+        if metrics_log is None or not metrics_log.records:
+            return
+        if force or now - last_plot[0] >= _PLOT_EVERY_S:
+            metrics_log.plot(out_dir / "curves.png", title=stage)
+            last_plot[0] = now
+
+    def checkpoint(done: bool) -> None:
         state["done"] = done
         state["config"] = asdict(cfg)
         if rank == 0:
             state["scaler"] = scaler.state_dict() if scaler.is_enabled() else {}
-            save_checkpoint(last, model, opt, dict(state), extra_files=extra)
-            if plot and metrics_log is not None and metrics_log.records:
-                metrics_log.plot(out_dir / "curves.png", title=stage)
+            with _quiet_transformers():  # its "Writing model shards" bar would break ours
+                save_checkpoint(last, model, opt, dict(state), extra_files=extra)
         if world > 1:
             dist.barrier()
 
@@ -349,7 +376,7 @@ def train_causal_lm(
                     bar.set_postfix(loss=f"{record['train/loss']:.3f}")
                 state.update(tokens=tokens, last_loss=record["train/loss"])
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
-                checkpoint(done=False, plot=False)  # matplotlib costs ~1 s: epochs only
+                checkpoint(done=False)
         if micro >= len(mine):
             epoch += 1
             state.update(epoch=epoch, micro=0)
@@ -360,7 +387,8 @@ def train_causal_lm(
                 model.train()
                 metrics_log.log(step, metrics, epoch=epoch)
                 history.append(metrics)
-            if step < total and epoch < cfg.epochs:
+            plot()
+            if not cfg.save_every and step < total and epoch < cfg.epochs:
                 checkpoint(done=False)
     if window[2] > 0:
         record, tokens = _log_window(window, tokens, t_log, math.nan, opt, world)
@@ -370,6 +398,7 @@ def train_causal_lm(
             history.append(record)
     bar.close()
     checkpoint(done=True)
+    plot(force=True)
     if metrics_log is not None:
         metrics_log.close()
     model.eval()

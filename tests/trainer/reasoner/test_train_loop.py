@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from sid_index.errors import ConfigError
-from trainer.reasoner.align import AlignConfig, new_row_masks
+from trainer.reasoner.align import AlignTrainConfig, new_row_masks
 from trainer.reasoner.model import load_reasoner
 from trainer.reasoner.sft_data import tokenize_samples
 from trainer.reasoner.train_loop import LoopConfig, local_micro_batches, train_causal_lm
@@ -20,7 +21,9 @@ def test_warmup_changes_only_new_embedding_rows(world, make_reasoner, tmp_path: 
     r = make_reasoner(tie=tie)
     before = {k: v.detach().clone() for k, v in r.model.state_dict().items()}
     data = tokenize_samples(r.tokenizer, world.align + world.sft[:8], 256)
-    cfg = AlignConfig(batch_size=8, warmup_steps=4, warmup_lr=1e-2, weight_decay=0.1, log_every=2)
+    cfg = AlignTrainConfig(
+        batch_size=8, warmup_steps=4, warmup_lr=1e-2, weight_decay=0.1, log_every=2
+    )
     params, masks = new_row_masks(r)
     assert len(params) == (1 if tie else 2)
     train_causal_lm(
@@ -105,6 +108,21 @@ def test_gradient_accumulation_matches_a_bigger_batch(
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
+def test_bf16_autocast_trains_on_cpu(world, make_reasoner, tmp_path: Path) -> None:
+    r = make_reasoner()
+    data = tokenize_samples(r.tokenizer, world.sft[:12], 256)
+    cfg = LoopConfig(batch_size=4, lr=3e-3, lr_warmup_steps=1, log_every=1, mixed_precision="bf16")
+    res = train_causal_lm(r, data, cfg, tmp_path, stage="bf16")
+    losses = [h["train/loss"] for h in res.history]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert r.model.dtype == torch.float32  # autocast only: fp32 master weights
+    if not torch.cuda.is_available():  # fp16 needs a GradScaler on CUDA
+        with pytest.raises(ConfigError, match="fp16"):
+            train_causal_lm(
+                r, data, LoopConfig(mixed_precision="fp16"), tmp_path / "fp16", stage="fp16"
+            )
+
+
 def test_ranks_split_the_plan_evenly() -> None:
     assert local_micro_batches(5, 0, 2) == [0, 2, 4]
     assert local_micro_batches(5, 1, 2) == [1, 3, 0]  # wraps: both ranks take 3 steps
@@ -116,6 +134,6 @@ def test_config_validation() -> None:
     with pytest.raises(ConfigError, match="batch_size"):
         LoopConfig(batch_size=0)
     with pytest.raises(ConfigError, match="warmup_steps"):
-        AlignConfig(warmup_steps=-1)
+        AlignTrainConfig(warmup_steps=-1)
     with pytest.raises(ConfigError, match="lr"):
         LoopConfig(lr=0)
