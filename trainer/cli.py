@@ -175,6 +175,7 @@ def _train_fast(args: argparse.Namespace) -> int:
                 "model": _asdict(model_cfg),
                 "train": _asdict(train_cfg),
                 "teacher": args.teacher,
+            "max_items": args.max_items,  # the history window the fast path must use
             },
         )
         writer.set_metrics(
