@@ -185,7 +185,7 @@ def _load(target: str, what: str) -> ReasonerFactory:
         obj = getattr(obj, part)
     if not callable(obj):
         raise ConfigError(f"reasoner {what!r}: {target!r} is not callable")
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 def get_reasoner(name: str, config: ReasonerConfig, *, index: SIDIndex) -> Reasoner:

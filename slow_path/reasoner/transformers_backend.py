@@ -195,6 +195,7 @@ def _load(config: ReasonerConfig) -> tuple[Any, Any]:
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+    embedding: Any = model.get_input_embeddings().weight
+    if len(tokenizer) > embedding.shape[0]:
         raise ReleaseError(f"{directory}: the model's embedding is smaller than its tokenizer")
     return model, tokenizer

@@ -140,7 +140,7 @@ except ImportError:  # pragma: no cover - depends on the installed vLLM
 
 if _V2Base is not None:
 
-    class SIDLogitsProcessorV2(_V2Base):  # type: ignore[misc, valid-type]
+    class SIDLogitsProcessorV2(_V2Base):
         """Model Runner V2 processor: per-slot constraint, windows from the token history."""
 
         def __init__(self, vllm_config: Any, req_states: Any) -> None:
@@ -187,7 +187,7 @@ if _V2Base is not None:
 
 if _V1Base is not None:
 
-    class SIDLogitsProcessorV1(_V1Base):  # type: ignore[misc, valid-type]
+    class SIDLogitsProcessorV1(_V1Base):
         """V1 model runner processor: windows from the prompt and output token lists."""
 
         def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
@@ -316,7 +316,7 @@ class VLLMReasoner:
         out = []
         for i, thought_ids in enumerate(thoughts):
             found, answer_tokens = answers[i]
-            thought = self.tokenizer.decode(thought_ids, skip_special_tokens=False)
+            thought = str(self.tokenizer.decode(thought_ids, skip_special_tokens=False))
             head = thought + THINK_END + ANSWER if cfg.thinking else ""
             text = head + (format_sid(found[0][0]) + ANSWER_END if found else "")
             keep = found[: cfg.num_answers]

@@ -1,10 +1,12 @@
 """Fixtures of the slow-path worker tests: a small release (synthetic catalogue, Semantic IDs
-from the hashing embedder) and its dataset. Built once per session, in a few seconds."""
+from the hashing embedder) and its dataset, a tiny random LM with the reasoner's vocabulary,
+and real `reasonrec slow-path worker` processes on the session's Redis."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +109,167 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# -- real worker processes ----------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+TEST_PLUGIN = '''
+"""Test-only reasoner backends (loaded by the worker as `sp_test_plugin:<name>`)."""
+import os
+import time
+
+from slow_path.reasoner.base import ReasonerOutput
+from slow_path.reasoner.rule_backend import RuleReasoner
+
+
+class Slow(RuleReasoner):
+    def reason(self, requests):
+        time.sleep(float(os.environ.get("SP_TEST_DELAY_S", "0.3")))
+        return super().reason(requests)
+
+
+class GarbageForSome(RuleReasoner):
+    """Users whose id ends in 0 get text without a usable thought."""
+
+    def reason(self, requests):
+        out = super().reason(requests)
+        return [
+            ReasonerOutput("<persona>oops</think><answer><a_999>", o.answers, o.scores, 5)
+            if q.user_id.endswith("0") else o
+            for q, o in zip(requests, out)
+        ]
+
+
+def slow(config, index):
+    return Slow(config, index)
+
+
+def garbage(config, index):
+    return GarbageForSome(config, index)
+'''
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class WorkerProcess:
+    """A `reasonrec slow-path worker` subprocess on loopback, with bounded waits."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        import subprocess
+        import sys
+
+        self.metrics_port = int(env["REASONREC_METRICS_PORT"])
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "serving.cli", "slow-path", "worker", *args],
+            env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def metrics(self, timeout: float = 5.0) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=timeout
+        ) as r:
+            return str(r.read().decode())
+
+    def wait_metrics(self, timeout: float = 60.0) -> None:
+        """Until /metrics answers (the worker serves it before anything else)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited early:\n{self.log_tail()}")
+            try:
+                self.metrics(timeout=1.0)
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"worker /metrics did not come up:\n{self.log_tail()}")
+
+    def sample(self, name: str) -> float:
+        """Value of one unlabelled sample on /metrics."""
+        for line in self.metrics().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise AssertionError(f"{name} not on /metrics")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 4000) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-n:]
+
+    def kill(self) -> None:
+        import signal
+
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        import signal
+        import subprocess
+
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
+        return int(self.proc.returncode)
+
+
+@pytest.fixture
+def worker_env(tmp_path: Path, redis_url: str, redis_client: object) -> dict[str, str]:
+    """Environment of a test worker: the session's Redis, its own key prefix and queue,
+    short broker timeouts, the test plugin importable."""
+    import os
+    import uuid
+
+    (tmp_path / "sp_test_plugin.py").write_text(TEST_PLUGIN)
+    tag = uuid.uuid4().hex[:8]
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]),
+        "REDIS_URL": redis_url,
+        "REASONREC_KEY_PREFIX": tag,
+        "REASONREC_QUEUE": f"q-{tag}",
+        "REASONREC_METRICS_PORT": str(free_port()),
+        "REASONREC_TORCH_THREADS": "1",
+        "REASONREC_VISIBILITY_TIMEOUT_S": "8",
+        "REASONREC_SOFT_TIME_LIMIT_S": "2",
+        "REASONREC_TIME_LIMIT_S": "3",
+        "REASONREC_SOFT_SHUTDOWN_TIMEOUT_S": "0",
+        "REASONREC_RETRY_BACKOFF_MAX_S": "1",
+        "REASONREC_QUEUE_DEPTH_INTERVAL_S": "0.5",
+    }
+
+
+@pytest.fixture
+def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    """Start workers: `start_worker(args, **env_overrides)`; all are stopped at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(args: list[str], **env: str) -> WorkerProcess:
+        w = WorkerProcess(args, {**worker_env, **env}, tmp_path / f"worker{len(started)}.log")
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:  # tests that check a clean shutdown call w.stop() themselves
+        w.kill()
+        w.stop()
