@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import (
@@ -65,7 +66,7 @@ class FastModelConfig:
 
 def build_model(vocab: FastVocab, config: FastModelConfig) -> PreTrainedModel:
     """A freshly initialised fast model for `vocab`."""
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=vocab.size,
         hidden_size=config.hidden_size,
         num_hidden_layers=config.num_layers,
@@ -114,5 +115,5 @@ class FastModel:
         vocab = FastVocab.load(directory)
         model_cls = LlamaForCausalLM if config.arch == "llama" else Qwen2ForCausalLM
         model = model_cls.from_pretrained(directory, local_files_only=True)
-        model.to(device).eval()
+        model.to(device).eval()  # type: ignore[arg-type]
         return cls(model=model, vocab=vocab, config=config)

@@ -126,7 +126,7 @@ def _train_fast(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     device = torch.device(args.device)
-    fm = FastModel(build_model(vocab, model_cfg).to(device), vocab, model_cfg)
+    fm = FastModel(build_model(vocab, model_cfg).to(device), vocab, model_cfg)  # type: ignore[arg-type]
     valid = ws.split.valid_inputs(args.max_items)
     valid_users = ws.split.user_index[valid.users]
 
@@ -175,7 +175,7 @@ def _train_fast(args: argparse.Namespace) -> int:
                 "model": _asdict(model_cfg),
                 "train": _asdict(train_cfg),
                 "teacher": args.teacher,
-            "max_items": args.max_items,  # the history window the fast path must use
+                "max_items": args.max_items,  # the history window the fast path must use
             },
         )
         writer.set_metrics(

@@ -9,6 +9,7 @@ fresh trace, as the serving path sees it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from trainer.teachers import TraceTeacher
 from trainer.training_log import progress
 
 
-def model_step_for(fm: FastModel) -> ModelStep:  # type: ignore[type-arg]
+def model_step_for(fm: FastModel) -> ModelStep[Any]:
     """The fastest exact decoding adapter the model's architecture supports."""
     try:
         return SharedPrefixStep(fm.model)

@@ -24,7 +24,10 @@ from sid_index.errors import ConfigError
 class TraceTeacher(Protocol):
     """Produces the trace for a user given the history it may look at."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """Short name recorded with results (e.g. "rule")."""
+        ...
 
     def trace(self, user: int, history: np.ndarray) -> TraceTokens | None:
         """Trace for `user` computed from `history` ((T,) catalogue indices, oldest first);
