@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +92,6 @@ def test_exclude_seen_drops_history() -> None:
 
 
 def test_learns_planted_successor_pattern(tmp_path: Path) -> None:
-    t0 = time.perf_counter()
     split = _successor_split(num_users=400, num_items=60, seed=0)
     config = SASRecTrainConfig(
         model=SASRecConfig(hidden_size=32, num_layers=1, max_len=10, dropout=0.1),
@@ -117,7 +115,6 @@ def test_learns_planted_successor_pattern(tmp_path: Path) -> None:
     assert {"train/loss", "valid/recall@10", "valid/ndcg@5"} <= set(records[0].metrics)
     assert records[-1].metrics["train/loss"] < records[0].metrics["train/loss"]
     assert result.curve_path.read_bytes()[:4] == b"\x89PNG"
-    assert time.perf_counter() - t0 < 20
 
 
 def test_save_load_round_trip_gives_identical_scores(tmp_path: Path) -> None:
