@@ -25,12 +25,12 @@ import torch.distributed as dist
 
 from sid_index.errors import ConfigError
 from trainer.reasoner.model import Reasoner
+from trainer.reasoner.optim import RowMask
 from trainer.reasoner.sft_data import PromptCompletion, TokenizedSamples, tokenize_samples
 from trainer.reasoner.train_loop import (
     EvalFn,
     LoopConfig,
     LoopResult,
-    RowMask,
     train_causal_lm,
 )
 

@@ -14,6 +14,7 @@ bos and the prompt. Two batch layouts:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -202,3 +203,10 @@ def collate(data: TokenizedSamples, rows: list[list[int]], pad_id: int, *, packi
         position_ids=torch.from_numpy(positions),
         num_tokens=int(mask.sum()),
     )
+
+
+def local_micro_batches(plan_len: int, rank: int, world: int) -> list[int]:
+    """Indices of the plan's micro-batches that `rank` runs: every world-th, wrapping around so
+    every rank runs the same number (DDP steps in lockstep)."""
+    per_rank = math.ceil(plan_len / world)
+    return [(rank + world * i) % plan_len for i in range(per_rank)]

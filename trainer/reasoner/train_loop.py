@@ -1,19 +1,17 @@
 """The one causal-LM training loop of the reasoner's stages (alignment warm-up, alignment
 full-parameter, CoT SFT).
 
-- Loss: token-level cross-entropy on the completion tokens only, normalised by the number of
-  loss tokens in the whole optimizer step (so gradient accumulation equals a bigger batch).
-  Only loss positions go through `lm_head`: with SFT prompts much longer than completions and
-  base vocabularies of 150k tokens, that saves most of the logits memory.
+- Loss: token-level cross-entropy on the completion tokens only (`CompletionLoss`),
+  normalised by the number of loss tokens in the whole optimizer step (so gradient
+  accumulation equals a bigger batch).
 - Mixed precision: bf16 autocast (CPU or GPU) or fp16 autocast with a GradScaler (CUDA only).
 - Runs unchanged under `torchrun`: DDP (gloo on CPU, nccl on GPU), every rank takes every
   world-th micro-batch of the same epoch plan; rank 0 logs, plots and checkpoints.
 - Resumable: `out_dir/last` (a loadable reasoner directory + optimizer state) is written every
   `save_every` steps and at each epoch end; a restarted run skips the micro-batches it already
   did in the current epoch (the plan is a pure function of seed and epoch).
-- `RowMask`: train only some rows of a matrix (the alignment warm-up's new token embeddings):
-  the other rows' gradients are zeroed before the optimizer step and carry no weight decay, so
-  AdamW leaves them bit-for-bit unchanged.
+- `RowMask` (`optim.py`): train only some rows of a matrix (the alignment warm-up's new token
+  embeddings); the other rows stay bit-for-bit unchanged.
 """
 
 from __future__ import annotations
@@ -30,15 +28,21 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
 from sid_index.errors import ConfigError, ReleaseError
 from trainer.checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from trainer.fast_trainer import init_distributed_from_env
+from trainer.reasoner.completion_loss import CompletionLoss
 from trainer.reasoner.model import Reasoner
-from trainer.reasoner.sft_data import IGNORE, Batch, TokenizedSamples, collate, plan_epoch
+from trainer.reasoner.optim import RowMask, adamw, lr_factor
+from trainer.reasoner.sft_data import (
+    TokenizedSamples,
+    collate,
+    local_micro_batches,
+    plan_epoch,
+)
 from trainer.reasoner.tokenizer import tokenizer_files
 from trainer.training_log import MetricsLog, progress
 
@@ -108,15 +112,6 @@ class LoopConfig:
             raise ConfigError(f"{self.device=} must be 'auto', 'cpu' or 'cuda'")
 
 
-@dataclass(frozen=True, slots=True)
-class RowMask:
-    """Train only `rows` of `param` (a (V, H) matrix)."""
-
-    param: nn.Parameter
-    rows: torch.Tensor
-    """(V,) bool: rows that may change."""
-
-
 @dataclass
 class LoopResult:
     """Outcome of one run of the loop."""
@@ -135,40 +130,6 @@ class LoopResult:
     """Tokens processed by this call per second (all ranks)."""
     history: list[dict[str, float]] = field(default_factory=list)
     """The metric records this call logged (rank 0)."""
-
-
-class _CompletionLoss(nn.Module):
-    """Sum of cross-entropy over loss positions; wraps the LM so DDP sees one forward."""
-
-    def __init__(self, lm: PreTrainedModel) -> None:
-        super().__init__()
-        self.lm = lm
-        cfg = lm.config
-        # Heads that rescale logits after lm_head (soft-capping, logit_scale) need the model's
-        # own forward; Llama/Qwen/Mistral families take the cheap path.
-        self._full_forward = bool(getattr(cfg, "final_logit_softcapping", None)) or (
-            getattr(cfg, "logit_scale", 1.0) not in (None, 1.0)
-        )
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        target = batch.labels[:, 1:]  # (B, T-1)
-        keep = target != IGNORE
-        if self._full_forward:
-            logits = self.lm(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-            ).logits[:, :-1][keep]
-        else:
-            hidden = self.lm.get_decoder()(
-                input_ids=batch.input_ids,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-            ).last_hidden_state  # (B, T, H)
-            logits = self.lm.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
-        return F.cross_entropy(logits.float(), target[keep], reduction="sum")
 
 
 @contextmanager
@@ -197,37 +158,6 @@ def _device(cfg: LoopConfig) -> torch.device:
     if not torch.cuda.is_available():
         raise ConfigError(f"{cfg.device=} but CUDA is not available")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def _lr_factor(cfg: LoopConfig, step: int, total: int) -> float:
-    if step < cfg.lr_warmup_steps:
-        return (step + 1) / cfg.lr_warmup_steps
-    frac = min(1.0, (step - cfg.lr_warmup_steps) / max(1, total - cfg.lr_warmup_steps))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
-
-
-def _optimizer(
-    model: nn.Module, cfg: LoopConfig, row_masks: Sequence[RowMask]
-) -> torch.optim.AdamW:
-    masked = {id(m.param) for m in row_masks}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        # Decay would shrink the frozen rows of a row-masked matrix: exempt the whole matrix.
-        (decay if p.ndim >= 2 and id(p) not in masked else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.95))
-
-
-def local_micro_batches(plan_len: int, rank: int, world: int) -> list[int]:
-    """Indices of the plan's micro-batches that `rank` runs: every world-th, wrapping around so
-    every rank runs the same number (DDP steps in lockstep)."""
-    per_rank = math.ceil(plan_len / world)
-    return [(rank + world * i) % plan_len for i in range(per_rank)]
 
 
 def train_causal_lm(
@@ -260,13 +190,12 @@ def train_causal_lm(
     keep = None if trainable is None else {id(p) for p in trainable}
     for p in model.parameters():
         p.requires_grad_(keep is None or id(p) in keep)
-    masks = [(m.param, m.rows.to(device)[:, None]) for m in row_masks]
-    loss_module: nn.Module = _CompletionLoss(model)
+    loss_module: nn.Module = CompletionLoss(model)
     if world > 1:
         loss_module = nn.parallel.DistributedDataParallel(
             loss_module, device_ids=[device.index] if device.type == "cuda" else None
         )
-    opt = _optimizer(model, cfg, row_masks)
+    opt = adamw(model, cfg.lr, cfg.weight_decay, row_masks)
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.mixed_precision == "fp16")
     amp_dtype = torch.float16 if cfg.mixed_precision == "fp16" else torch.bfloat16
     pad_id = int(reasoner.tokenizer.pad_token_id)
@@ -349,16 +278,15 @@ def train_causal_lm(
                     dtype=torch.float64,
                 )
             scaler.unscale_(opt)
-            for param, rows in masks:
-                if param.grad is not None:
-                    param.grad.mul_(rows)
+            for mask in row_masks:
+                mask.apply()
             grad_norm = (
                 float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
                 if cfg.max_grad_norm > 0
                 else math.nan
             )
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * _lr_factor(cfg, step, total)
+                g["lr"] = cfg.lr * lr_factor(step, total, cfg.lr_warmup_steps, cfg.min_lr_ratio)
             scaler.step(opt)
             scaler.update()
             opt.zero_grad(set_to_none=True)

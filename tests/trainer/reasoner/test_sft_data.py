@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sid_index.errors import ConfigError, DataError
+from trainer.reasoner.completion_loss import CompletionLoss
 from trainer.reasoner.sft_data import (
     IGNORE,
     collate,
@@ -14,7 +15,6 @@ from trainer.reasoner.sft_data import (
     plan_epoch,
     tokenize_samples,
 )
-from trainer.reasoner.train_loop import _CompletionLoss
 
 
 def test_labels_cover_the_completion_only(world, make_reasoner) -> None:
@@ -60,7 +60,7 @@ def test_packed_samples_do_not_see_each_other(world, make_reasoner) -> None:
     r = make_reasoner()
     tok = r.tokenizer
     data = tokenize_samples(tok, world.sft[:6], max_length=512)
-    loss = _CompletionLoss(r.model).eval()
+    loss = CompletionLoss(r.model).eval()
     with torch.no_grad():
         separate = sum(
             float(loss(collate(data, [[i]], tok.pad_token_id, packing=False))) for i in range(3)

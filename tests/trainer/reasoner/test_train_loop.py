@@ -12,8 +12,8 @@ import torch
 from sid_index.errors import ConfigError
 from trainer.reasoner.align import AlignTrainConfig, new_row_masks
 from trainer.reasoner.model import load_reasoner
-from trainer.reasoner.sft_data import tokenize_samples
-from trainer.reasoner.train_loop import LoopConfig, local_micro_batches, train_causal_lm
+from trainer.reasoner.sft_data import local_micro_batches, tokenize_samples
+from trainer.reasoner.train_loop import LoopConfig, train_causal_lm
 
 
 @pytest.mark.parametrize("tie", [True, False])
