@@ -1,0 +1,1 @@
+"""Generated gRPC code of serving/proto (do not edit; `make proto`)."""
