@@ -41,7 +41,8 @@ class AlignTrainConfig(LoopConfig):
     embedding warm-up phase."""
 
     warmup_steps: int = 100
-    """Optimizer steps of the embedding warm-up phase (0 skips it)."""
+    """Optimizer steps of the embedding warm-up phase (0 skips it). It matters for a
+    pre-trained base; a `scratch:*` backbone is random, so a short warm-up (or 0) is enough."""
     warmup_lr: float = 1e-3
     """Peak learning rate of the warm-up phase (only new embedding rows move)."""
 
