@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from sid_index.errors import ConfigError
-from trainer.reasoner.model import Reasoner
+from trainer.reasoner.model import Reasoner, input_matrix, output_matrix
 from trainer.reasoner.optim import RowMask
 from trainer.reasoner.sft_data import PromptCompletion, TokenizedSamples, tokenize_samples
 from trainer.reasoner.train_loop import (
@@ -91,14 +91,14 @@ class AlignResult:
 def new_row_masks(reasoner: Reasoner) -> tuple[list[torch.nn.Parameter], list[RowMask]]:
     """Trainable matrices and row masks of the warm-up: the new tokens' embedding rows (and
     `lm_head` rows when the head is untied)."""
-    emb = reasoner.model.get_input_embeddings().weight
+    emb = input_matrix(reasoner.model)
     rows = torch.from_numpy(reasoner.vocab.new_token_mask(emb.shape[0]))
     if not bool(rows.any()):
         raise ConfigError("the reasoner has no new token rows to warm up; set warmup_steps=0")
     params = [emb]
-    head = reasoner.model.get_output_embeddings()
-    if head is not None and head.weight is not emb:
-        params.append(head.weight)
+    head = output_matrix(reasoner.model)
+    if head is not None and head is not emb:
+        params.append(head)
     return params, [RowMask(p, rows) for p in params]
 
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from sid_index.codes import parse_sid
 from sid_index.errors import DataError
@@ -32,6 +33,7 @@ from trainer.metrics import ranking_metrics
 from trainer.reasoner.generate import ReasonConfig, ReasonOutput, complete, decode_items, reason
 from trainer.reasoner.model import Reasoner
 from trainer.reasoner.sft_data import PromptCompletion, encode_prompts
+from trainer.reasoner.tokenizer import decode
 
 _CATEGORY_RE = re.compile(r"\(([^()]*)\)\s*$")
 
@@ -84,7 +86,7 @@ def item_perception(
             reasoner.model, reasoner.tokenizer, rows[lo : lo + batch_size],
             max_new_tokens=max_new_tokens,
         )  # fmt: skip
-        written += [reasoner.tokenizer.decode(r, skip_special_tokens=True) for r in ids]
+        written += [decode(reasoner.tokenizer, r, skip_special=True) for r in ids]
     expected = [truth[i] for i in keep]
     got = [category_of(w) for w in written]
     acc = float(np.mean([g == e for g, e in zip(got, expected, strict=True)]))
@@ -125,7 +127,7 @@ def item_to_item(
     """R1 on `item2item` samples: hit rate of the top-k constrained SIDs among the listed
     neighbours, and the random baseline."""
     code_to_item = {
-        tuple(c): i for i, c in enumerate(trie.sid_of(np.arange(trie.num_items)).tolist())
+        tuple(c): i for i, c in enumerate(trie.sid_of(torch.arange(trie.num_items)).tolist())
     }
     neighbours: list[set[int]] = []
     for s in samples:
@@ -213,7 +215,7 @@ def recommendation(
         if name != "num_users"
     }
     if config.thinking:
-        target_sids = trie.sid_of(targets).numpy()
+        target_sids = trie.sid_of(torch.from_numpy(targets)).numpy()
         metrics.update(
             {f"{mode}/{k}": v for k, v in interest_metrics(outputs, target_sids, reasoner).items()}
         )

@@ -33,6 +33,7 @@ from sid_index.errors import ConfigError, DataError
 from sid_index.trie import Exclusion, SIDTrie
 from slow_path import cot_format
 from trainer.reasoner.sft_data import encode_prompts
+from trainer.reasoner.tokenizer import decode, token_ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +93,8 @@ def sid_offsets_of(tokenizer: PreTrainedTokenizerBase, level_sizes: Sequence[int
     """(L,) token id of code 0 of each level; DataError if a level's ids are not contiguous."""
     offsets = []
     for level, size in enumerate(level_sizes):
-        ids = tokenizer.convert_tokens_to_ids([sid_token(level, 0), sid_token(level, size - 1)])
-        if ids[0] is None or ids[1] is None or ids[1] - ids[0] != size - 1:
+        ids = token_ids(tokenizer, [sid_token(level, 0), sid_token(level, size - 1)])
+        if ids[1] - ids[0] != size - 1:
             raise DataError(
                 f"tokenizer has no contiguous ids for level {level}'s {size} SID tokens"
             )
@@ -101,7 +102,7 @@ def sid_offsets_of(tokenizer: PreTrainedTokenizerBase, level_sizes: Sequence[int
     return np.asarray(offsets, dtype=np.int64)
 
 
-def model_step_for(model: PreTrainedModel) -> ModelStep:  # type: ignore[type-arg]
+def model_step_for(model: PreTrainedModel) -> ModelStep:
     """The fastest `ModelStep` adapter for `model` (shared-prefix for Llama/Qwen2)."""
     try:
         return SharedPrefixStep(model)
@@ -172,7 +173,7 @@ def _reason_batch(
     prompts: list[str],
     trie: SIDTrie,
     offsets: np.ndarray,
-    step: ModelStep,  # type: ignore[type-arg]
+    step: ModelStep,
     config: ReasonConfig,
     exclusion_sets: Sequence[Sequence[int]] | None,
     generator: torch.Generator | None,
@@ -181,12 +182,12 @@ def _reason_batch(
     thoughts: list[list[int]] = [[] for _ in rows]
     hit_budget = [False] * len(rows)
     if config.thinking:
-        stops = tokenizer.convert_tokens_to_ids([cot_format.THINK_END, cot_format.ANSWER])
+        stops = token_ids(tokenizer, [cot_format.THINK_END, cot_format.ANSWER])
         thoughts, hit_budget = complete(
             model, tokenizer, rows, max_new_tokens=config.max_think_tokens, stop_ids=stops,
             temperature=config.temperature, top_p=config.top_p, generator=generator,
         )  # fmt: skip
-        close = tokenizer.convert_tokens_to_ids([cot_format.THINK_END, cot_format.ANSWER])
+        close = token_ids(tokenizer, [cot_format.THINK_END, cot_format.ANSWER])
         rows = [r + t + close for r, t in zip(rows, thoughts, strict=True)]
     beams = max(config.num_beams, config.num_answers)
     items, sids, scores = _beam(
@@ -195,7 +196,7 @@ def _reason_batch(
     )  # fmt: skip
     out = []
     for i, thought_ids in enumerate(thoughts):
-        thought = tokenizer.decode(thought_ids, skip_special_tokens=False) if thought_ids else ""
+        thought = decode(tokenizer, thought_ids, skip_special=False) if thought_ids else ""
         answer = format_sid(sids[i, 0]) + cot_format.ANSWER_END if items[i, 0] >= 0 else ""
         head = thought + cot_format.THINK_END + cot_format.ANSWER if config.thinking else ""
         out.append(
@@ -213,7 +214,7 @@ def _beam(
     rows: Sequence[Sequence[int]],
     trie: SIDTrie,
     offsets: np.ndarray,
-    step: ModelStep,  # type: ignore[type-arg]
+    step: ModelStep,
     beam_config: BeamSearchConfig,
     exclusion_sets: Sequence[Sequence[int]] | None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

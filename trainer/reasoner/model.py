@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -100,6 +101,17 @@ class Reasoner:
         save_tokenizer(directory, self.tokenizer, self.vocab)
 
 
+def input_matrix(model: PreTrainedModel) -> torch.nn.Parameter:
+    """The (V, H) input embedding matrix."""
+    return cast(torch.nn.Parameter, model.get_input_embeddings().weight)
+
+
+def output_matrix(model: PreTrainedModel) -> torch.nn.Parameter | None:
+    """The (V, H) `lm_head` matrix (the input matrix itself when tied), or None."""
+    head = model.get_output_embeddings()
+    return None if head is None else cast(torch.nn.Parameter, head.weight)
+
+
 def is_reasoner_dir(path: Path) -> bool:
     """True when `path` holds a reasoner written by `Reasoner.save` (or a checkpoint)."""
     return (path / VOCAB_FILE).is_file() and (path / "config.json").is_file()
@@ -114,9 +126,10 @@ def load_reasoner(
         raise ReleaseError(f"{directory} is not a reasoner directory (config.json, {VOCAB_FILE})")
     tokenizer, vocab = load_tokenizer(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
-    if model.get_input_embeddings().weight.shape[0] < vocab.vocab_size:
+    if input_matrix(model).shape[0] < vocab.vocab_size:
         raise ReleaseError(f"{directory}: the model's embedding is smaller than its tokenizer")
-    return Reasoner(model.to(device), tokenizer, vocab)
+    cast(torch.nn.Module, model).to(device)  # HF types .to() oddly
+    return Reasoner(model, tokenizer, vocab)
 
 
 def _deterministic_generation_config(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> None:
@@ -186,13 +199,13 @@ def extend_base_model(
         raise ReleaseError(f"--base-model {directory}: not an HF model directory (no config.json)")
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
-    old_rows = model.get_input_embeddings().weight.shape[0]
+    old_rows = input_matrix(model).shape[0]
     base_len = len(tokenizer)
     vocab = extend_tokenizer(tokenizer, level_sizes, num_personas)
     # Padded vocabularies (Qwen) already have spare rows; never shrink them.
     model.resize_token_embeddings(max(len(tokenizer), old_rows), mean_resizing=False)
     _init_new_rows(model, tokenizer, vocab, min(base_len, old_rows), sid_codes, titles)
-    model.config.vocab_size = model.get_input_embeddings().weight.shape[0]
+    model.config.vocab_size = input_matrix(model).shape[0]
     _deterministic_generation_config(model, tokenizer)
     return Reasoner(model, tokenizer, vocab)
 
@@ -206,14 +219,14 @@ def _init_new_rows(
     sid_codes: np.ndarray | None,
     titles: Sequence[str] | None,
 ) -> None:
-    new = torch.from_numpy(vocab.new_token_mask(model.get_input_embeddings().weight.shape[0]))
+    new = torch.from_numpy(vocab.new_token_mask(input_matrix(model).shape[0]))
     title_ids: list[list[int]] | None = None
     if sid_codes is not None and titles is not None:
         title_ids = [tokenizer.encode(t, add_special_tokens=False) for t in titles]
-    matrices = [model.get_input_embeddings().weight]
-    out = model.get_output_embeddings()
-    if out is not None and out.weight.data_ptr() != matrices[0].data_ptr():
-        matrices.append(out.weight)
+    matrices = [input_matrix(model)]
+    out = output_matrix(model)
+    if out is not None and out.data_ptr() != matrices[0].data_ptr():
+        matrices.append(out)
     for weight in matrices:
         mean = weight[:trained_rows].float().mean(dim=0)  # (H,)
         weight[new] = mean.to(weight.dtype)

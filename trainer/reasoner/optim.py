@@ -43,7 +43,8 @@ def adamw(
 ) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; decay on matrices that are not row-masked."""
     masked = {id(m.param) for m in row_masks}
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if not p.requires_grad:
             continue

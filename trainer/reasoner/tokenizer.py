@@ -34,6 +34,21 @@ PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "<|pad|>", "<|bos|>", "<|eos|>"
 _FORMAT_TOKEN_RE = re.compile(r"</?[a-z]+(?:_\d+)?>")
 
 
+def token_ids(tokenizer: PreTrainedTokenizerBase, tokens: Sequence[str]) -> list[int]:
+    """Ids of whole tokens (DataError for a token the tokenizer does not have)."""
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    ids = [ids] if isinstance(ids, int) else list(ids)
+    missing = [t for t, i in zip(tokens, ids, strict=True) if i is None]
+    if missing or len(ids) != len(tokens):
+        raise DataError(f"the tokenizer has no single tokens for {missing[:5]}")
+    return [int(i) for i in ids]
+
+
+def decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], *, skip_special: bool) -> str:
+    """Text of one id sequence (spaces kept as they are)."""
+    return str(tokenizer.decode(list(ids), skip_special_tokens=skip_special))
+
+
 def format_tokens(level_sizes: Sequence[int], num_personas: int) -> list[str]:
     """The added vocabulary, in id order: section markers, `<next_k>`, persona tokens, then SID
     tokens level-major (`slow_path.cot_format.special_tokens`)."""
@@ -154,7 +169,7 @@ def extend_tokenizer(
     if tokenizer.pad_token is None:
         # Base models without a pad token (Llama): pad with eos; padded positions are masked.
         tokenizer.pad_token = tokenizer.eos_token
-    ids = tokenizer.convert_tokens_to_ids(tokens)
+    ids = token_ids(tokenizer, tokens)
     offsets: list[int] = []
     start = len(tokens) - sum(level_sizes)
     for level, size in enumerate(level_sizes):

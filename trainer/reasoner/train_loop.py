@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -186,7 +187,8 @@ def train_causal_lm(
     if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("mixed_precision='fp16' needs CUDA; use 'bf16' or 'no' on CPU")
     device = _device(cfg)
-    model = reasoner.model.to(device)
+    model = reasoner.model
+    cast(nn.Module, model).to(device)  # HF types .to() oddly
     keep = None if trainable is None else {id(p) for p in trainable}
     for p in model.parameters():
         p.requires_grad_(keep is None or id(p) in keep)
