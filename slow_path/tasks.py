@@ -115,11 +115,14 @@ def build_traces(
     """Parse outputs into traces; returns (traces, {user: why it failed})."""
     traces: list[Trace] = []
     failed: dict[str, str] = {}
-    for req, out in zip(requests, outputs, strict=True):
+    # One trie walk for every answer of the batch, then split per output.
+    all_rows = trie_items([a for out in outputs for a in out.answers])
+    bounds = np.cumsum([0, *(len(out.answers) for out in outputs)]).tolist()
+    for k, (req, out) in enumerate(zip(requests, outputs, strict=True)):
         parsed = parse_completion(
             out.text, level_sizes=reasoner.level_sizes, num_personas=reasoner.num_personas
         )
-        rows = trie_items(out.answers)
+        rows = all_rows[bounds[k] : bounds[k + 1]]
         candidates = [
             Candidate(item_ids[r], float(s))
             for r, s in zip(rows, out.scores, strict=True)
@@ -277,12 +280,18 @@ def runtime() -> WorkerRuntime:
 
 
 @worker_init.connect
-def _check_broker(**_: Any) -> None:
+def _on_worker_init(**_: Any) -> None:
     url = str(app.conf.broker_url or "")
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
             f"slow-path worker needs a Redis broker (REDIS_URL), got {url or 'none'!r}"
         )
+    # `celery -A slow_path.celery_app worker` gets /metrics too (the reasonrec command has
+    # already started it, before anything else, and this is then a no-op).
+    rt = runtime()
+    if metrics.start_metrics_server(rt.settings.metrics_port):
+        queues = rt.settings.queues()
+        metrics.QueueDepthSampler(rt.client, queues, rt.settings.queue_depth_interval_s).start()
 
 
 @worker_process_init.connect

@@ -137,3 +137,39 @@ def test_beat_refreshes_users_with_a_history(
     assert all(got.hits[u].history_fingerprint == history.fingerprint(u) for u in users)
     # The beat claims what it enqueued: one refresh per user, not one per beat tick.
     assert worker.sample("reasonrec_traces_written_total") == 5
+
+
+def test_plain_celery_worker_command(
+    worker_env: dict[str, str], sp_release: Path, sp_dataset: Dataset, redis_client: Any,
+    redis_url: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    """`celery -A slow_path.celery_app worker --pool solo` works too, /metrics included."""
+    import urllib.request
+
+    from slow_path.celery_app import app, configure_app, send_batches
+    from slow_path.worker_settings import WorkerSettings
+
+    env = {**worker_env, "REASONREC_RELEASE_DIR": str(sp_release)}
+    queue, prefix = env["REASONREC_QUEUE"], env["REASONREC_KEY_PREFIX"]
+    with (tmp_path / "celery.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "slow_path.celery_app", "worker",
+             "--pool", "solo", "-Q", queue, "--loglevel", "INFO"],
+            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            configure_app(app, WorkerSettings(queue=queue), redis_url)
+            users = sp_dataset.interactions.user_ids[:10]
+            send_batches(app, users, batch_size=5, queue=queue, source="dataset")
+            store = RedisTraceStore(redis_client, ttl_s=60, key_prefix=prefix)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and len(store.get_many(users, 5).hits) < 10:
+                assert proc.poll() is None, (tmp_path / "celery.log").read_text()
+                time.sleep(0.3)
+            assert len(store.get_many(users, 5).hits) == 10, (tmp_path / "celery.log").read_text()
+            port = env["REASONREC_METRICS_PORT"]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                assert "reasonrec_traces_written_total 10.0" in r.read().decode()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
