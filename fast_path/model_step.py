@@ -62,6 +62,8 @@ def _check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None
             f"input_ids {tuple(input_ids.shape)} and attention_mask "
             f"{tuple(attention_mask.shape)} must both be (batch, length)"
         )
+    if input_ids.shape[0] == 0:
+        raise DataError("empty batch: no prompt rows to decode")
     if input_ids.shape[1] == 0 or bool((attention_mask.sum(dim=1) == 0).any()):
         raise DataError("every prompt row needs at least one attended token")
 

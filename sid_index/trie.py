@@ -230,7 +230,7 @@ class SIDTrie:
         alive = (states >= lo) & (states < hi)
         table = self.dense[level]
         if table is not None:
-            nodes = table[(states - lo).clamp(0, hi - lo - 1)].long()  # (B, V)
+            nodes = table.index_select(0, (states - lo).clamp(0, hi - lo - 1)).long()  # (B, V)
             valid = (nodes >= 0) & alive[:, None]
             codes = torch.arange(self.level_sizes[level]).expand_as(nodes)
         else:
@@ -400,8 +400,8 @@ class Exclusion:
         if table is None:
             return self.is_dead(request, nodes)
         lo, hi = self.depth_offsets[depth], self.depth_offsets[depth + 1]
-        local = (nodes.long() - lo).clamp(0, hi - lo - 1)
-        return table[request.long(), local] & (nodes >= lo) & (nodes < hi)
+        flat = request.long() * (hi - lo) + (nodes.long() - lo).clamp(0, hi - lo - 1)
+        return torch.take(table, flat) & (nodes >= lo) & (nodes < hi)
 
     def is_dead(self, request: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         """Bool of broadcast(request, nodes) shape: the node is dead for that request (a

@@ -371,6 +371,8 @@ def test_config_and_input_validation() -> None:
         constrained_beam_search(step, ids, mask, trie, offsets + vocab, cfg)
     with pytest.raises(DataError, match="exclusion built for 1 requests"):
         constrained_beam_search(step, ids, mask, trie, offsets, cfg, Exclusion.build(trie, [[0]]))
+    with pytest.raises(DataError, match="empty batch"):
+        constrained_beam_search(step, ids[:0], mask[:0], trie, offsets, cfg)
     with pytest.raises(DataError, match="at least one attended token"):
         constrained_beam_search(step, ids, torch.zeros_like(mask), trie, offsets, cfg)
     with pytest.raises(ConfigError, match="model_type='gpt2'"):
