@@ -15,7 +15,8 @@ The generative story (all of it seeded and vectorized with numpy):
 * A user draws a persona, then 2–4 active interests from its mixture, then a sequence whose
   next category is a (persona-tilted) complement of the previous one (prob.
   `transition_strength`), else one of the user's interests (prob. `interest_strength`), else
-  any category. Items within a category follow a Zipf popularity.
+  a category of the persona's *expansion* theme (a theme outside its mixture, different for
+  personas that share themes) — the interest expansion that only the persona predicts. Items within a category follow a Zipf popularity.
 
 So the next category depends on the persona beyond the last category: an oracle that knows
 the persona predicts it clearly better than one that only knows the last category.
@@ -130,8 +131,9 @@ class SyntheticConfig:
     """Most active interests a user draws from its persona."""
     transition_strength: float = 0.35
     """Probability that the next category is a (persona-tilted) complement of the previous one."""
-    interest_strength: float = 0.85
-    """Otherwise, probability that it is one of the user's interests (else any category)."""
+    interest_strength: float = 0.7
+    """Otherwise, probability that it is one of the user's interests (else an expansion
+    category of the persona)."""
     zipf_exponent: float = 1.1
     """Item popularity within a category ~ rank^-zipf_exponent."""
     brands_per_category: int = 5
@@ -191,6 +193,10 @@ class SyntheticWorld:
     """(P, C) float64 rows summing to 1: each persona's sparse interest mixture."""
     transitions: np.ndarray
     """(C, C) float64 rows summing to 1: complementary next-category distribution."""
+    persona_expansions: np.ndarray
+    """(P, C) float64 rows summing to 1: where each persona's interests *expand* to — the
+    categories of a theme outside its own mixture. Personas that look alike in a short history
+    expand differently, so only knowing the persona predicts these moves."""
 
 
 def _brand_names(rng: np.random.Generator, count: int) -> list[str]:
@@ -247,6 +253,7 @@ def build_world(config: SyntheticConfig) -> SyntheticWorld:
     # Personas: 1–2 themes (often a complementary pair) in 1–3 domains, Dirichlet weights.
     present_themes = np.unique(theme)
     mixtures = np.zeros((config.num_personas, C))
+    expansions = np.zeros((config.num_personas, C))
     persona_names, descriptions = [], []
     for p in range(config.num_personas):
         # Two themes: the paired (complementary) one, or a random one for an unusual mix
@@ -276,6 +283,13 @@ def build_world(config: SyntheticConfig) -> SyntheticWorld:
         else:
             weight = rng.dirichlet(np.full(len(members), 2.0))
         mixtures[p, members] = weight / weight.sum()
+        # Expansion: one theme the persona does not hold, in its domains (any domain if none).
+        others = np.setdiff1d(present_themes, themes)
+        t_exp = int(rng.choice(others)) if len(others) else int(themes[0])
+        grow = np.flatnonzero((theme == t_exp) & in_doms)
+        if not len(grow):
+            grow = np.flatnonzero(theme == t_exp)
+        expansions[p, grow] = 1.0 / len(grow)
         mass = {t: mixtures[p, theme == t].sum() for t in themes}
         themes = sorted(dict.fromkeys(themes), key=lambda t: -mass[t])
         archetypes = " & ".join(dict.fromkeys(THEMES[t][1] for t in themes))
@@ -285,7 +299,9 @@ def build_world(config: SyntheticConfig) -> SyntheticWorld:
         top = np.argsort(-mixtures[p])[: min(4, len(members))]
         parts = ", ".join(f"{names[c]} {mixtures[p, c]:.0%}" for c in top.tolist())
         descriptions.append(f"{persona_names[-1]}: mostly {parts}")
-    return SyntheticWorld(names, domain, theme, persona_names, descriptions, mixtures, transitions)
+    return SyntheticWorld(
+        names, domain, theme, persona_names, descriptions, mixtures, transitions, expansions
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,6 +452,8 @@ def generate_interactions(
     tilted = world.transitions[None] * (_PERSONA_TILT + world.persona_mixtures[:, None, :])
     trans_flat = _flat_cdf(tilted.reshape(-1, C))  # (P * C * C,)
 
+    expand_flat = _flat_cdf(world.persona_expansions)  # (P * C,)
+
     personas = rng.integers(0, config.num_personas, U)
     span = config.max_seq_len - config.min_seq_len + 1
     lengths = config.min_seq_len + (span * rng.random(U) ** 2).astype(np.int64)
@@ -465,7 +483,9 @@ def generate_interactions(
             if t:
                 mode = rng.random(n)
                 trans = _sample_rows(trans_flat, C, pers * C + cats[:, t - 1], rng.random(n))
-                explore = rng.integers(0, C, n)
+                # Interest expansion: a category of the persona's expansion theme, one the
+                # history has rarely shown — what only knowing the persona predicts.
+                explore = _sample_rows(expand_flat, C, pers, rng.random(n))
                 stay = mode < config.transition_strength
                 wander = mode >= 1 - (1 - config.transition_strength) * (
                     1 - config.interest_strength
