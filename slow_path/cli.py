@@ -129,6 +129,7 @@ def _worker(args: argparse.Namespace) -> int:
     # Metrics first: probes must get an answer while the model loads or a batch runs.
     worker_metrics.start_metrics_server(settings.metrics_port)
     sampler_client = redis_client(load_settings(RedisSettings), url, retries=0)
+    _check_eviction(sampler_client)
     queues = args.queues or settings.queue
     worker_metrics.QueueDepthSampler(
         sampler_client, [*settings.queues(), *queues.split(",")], settings.queue_depth_interval_s
@@ -153,6 +154,18 @@ def _worker(args: argparse.Namespace) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def _check_eviction(client: Any) -> None:
+    """Warn when the broker may evict keys: queued messages would vanish under memory pressure."""
+    import redis
+
+    try:
+        policy = client.config_get("maxmemory-policy").get(b"maxmemory-policy", b"")
+    except redis.RedisError:  # CONFIG is often disabled on managed Redis
+        return
+    if policy not in (b"noeviction", "noeviction"):
+        log.warning("Redis maxmemory-policy is %r; a Celery broker wants noeviction", policy)
 
 
 def _beat(args: argparse.Namespace) -> int:

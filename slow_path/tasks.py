@@ -22,6 +22,7 @@ dead-lettered. `slow_path.refresh_stale` is the beat schedule's scan (`slow_path
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -286,6 +287,7 @@ def _on_worker_init(**_: Any) -> None:
         raise ConfigError(
             f"slow-path worker needs a Redis broker (REDIS_URL), got {url or 'none'!r}"
         )
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")  # never fork a CUDA parent
     # `celery -A slow_path.celery_app worker` gets /metrics too (the reasonrec command has
     # already started it, before anything else, and this is then a no-op).
     rt = runtime()
