@@ -243,7 +243,12 @@ class SIDTrie:
             codes = self.node_code[nodes.clamp(max=self.num_nodes - 1)].long()
         if exclusion is not None:
             rows = _request_rows(request, states.shape[0])
-            valid &= ~exclusion.is_dead_at(rows[:, None], nodes, level + 1)
+            if table is not None:
+                valid &= ~exclusion.is_dead_at(rows[:, None], nodes, level + 1)
+            else:
+                # Padded CSR slots are mostly empty at deep levels: look up real children only.
+                b, w = torch.nonzero(valid, as_tuple=True)
+                valid[b, w] = ~exclusion.is_dead_at(rows[b], nodes[b, w], level + 1)
         nodes = torch.where(valid, nodes, torch.full_like(nodes, DEAD))
         return Children(codes, nodes, valid)
 
