@@ -97,7 +97,7 @@ def test_save_load_round_trip(built: SIDIndex, tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.sids.codes, built.sids.codes)
     assert loaded.sids.level_sizes == built.sids.level_sizes
     assert loaded.stats == built.stats and loaded.config == built.config
-    np.testing.assert_array_equal(loaded.embeddings, built.embeddings)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(loaded.embeddings, built.embeddings)
     assert loaded.embedder_name == "minilm"
     for item_id in ("coffee-0", "garden-7", "gaming-29"):
         assert loaded.related_items(item_id, 6) == built.related_items(item_id, 6)
