@@ -39,8 +39,10 @@ lint: $(DEV_STAMP) ## ruff lint + format check, mypy
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy sid_index fast_path slow_path serving trainer
 
-bench: $(DEV_STAMP) ## run the benchmarks (by hand; writes benchmarks/RESULTS.md sections)
-	$(BIN)/python -m benchmarks.run_all
+bench: $(DEV_STAMP) ## run one benchmark by hand, e.g. `make bench B=beam_search_speed` (writes RESULTS.md)
+	@if [ -z "$(B)" ]; then echo "usage: make bench B=<name>; available:"; \
+	  ls benchmarks/*.py | sed 's|benchmarks/||; s|\.py$$||; s|^|  |'; exit 2; fi
+	$(BIN)/python -m benchmarks.$(B)
 
 clean: ## remove the virtualenv and build artifacts
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "slow_path.cli",
     "fast_path.cli",
     "serving.commands",
+    "serving.demo",
 )
 
 
@@ -57,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # FAISS logs which SIMD build it probed at INFO on every import; not news to an operator.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
