@@ -243,12 +243,7 @@ class SIDTrie:
             codes = self.node_code[nodes.clamp(max=self.num_nodes - 1)].long()
         if exclusion is not None:
             rows = _request_rows(request, states.shape[0])
-            if table is not None:
-                valid &= ~exclusion.is_dead_at(rows[:, None], nodes, level + 1)
-            else:
-                # Padded CSR slots are mostly empty at deep levels: look up real children only.
-                b, w = torch.nonzero(valid, as_tuple=True)
-                valid[b, w] = ~exclusion.is_dead_at(rows[b], nodes[b, w], level + 1)
+            exclusion.clear_dead_children(valid, states, rows, level, by_code=table is not None)
         nodes = torch.where(valid, nodes, torch.full_like(nodes, DEAD))
         return Children(codes, nodes, valid)
 
@@ -332,7 +327,8 @@ class Exclusion:
     A node is dead for request r when every item under it is excluded for r, so a decoder that
     only follows live children only ever holds prefixes that still lead to an allowed item.
     Built once per batch in O(M·L log M) for M excluded (request, item) pairs; the trie itself
-    is never rebuilt."""
+    is never rebuilt. Decoding looks dead children up by (request, parent), so its cost grows
+    with the beams and the (few) dead nodes, not with the children it checks."""
 
     num_requests: int
     """Number of requests (rows) the exclusion was built for."""
@@ -340,21 +336,18 @@ class Exclusion:
     """Node count of the trie it belongs to."""
     dead_keys: torch.Tensor
     """(D,) sorted int64 keys `request * num_nodes + node` of every dead node."""
-    depth_offsets: tuple[int, ...]
-    """The trie's first node id per depth (see `SIDTrie.depth_offsets`)."""
-    dead_tables: tuple[torch.Tensor | None, ...]
-    """Per depth 0..L: (R, nodes at depth) bool dead flags where that is small (the wide first
-    levels, where a batch checks the most children), else None (binary search in `dead_keys`)."""
+    parent_keys: tuple[torch.Tensor, ...]
+    """Per level l (dead nodes at depth l+1): (D_l,) sorted `request * num_nodes + parent`."""
+    dead_codes: tuple[torch.Tensor, ...]
+    """Per level l: (D_l,) code of each dead node (its slot in a dense level's children)."""
+    dead_ranks: tuple[torch.Tensor, ...]
+    """Per level l: (D_l,) rank among its siblings (its slot in a CSR level's children)."""
 
     @classmethod
     def build(
-        cls,
-        trie: SIDTrie,
-        item_sets: Sequence[Sequence[int] | np.ndarray | torch.Tensor],
-        dense_entries: int = DEFAULT_DENSE_ENTRIES,
+        cls, trie: SIDTrie, item_sets: Sequence[Sequence[int] | np.ndarray | torch.Tensor]
     ) -> Exclusion:
-        """One set of excluded catalogue indices per request (duplicates are fine); depths
-        with at most `dense_entries` (requests × nodes) also get a dead table.
+        """One set of excluded catalogue indices per request (duplicates are fine).
 
         Raises DataError for an index outside the catalogue."""
         sizes = [len(s) for s in item_sets]
@@ -382,31 +375,50 @@ class Exclusion:
             )
             keys.append(node_keys[hits == end - leaf_start[node]])
         dead = np.sort(np.concatenate(keys))
-        num_requests = len(item_sets)
-        tables: list[torch.Tensor | None] = []
-        for d in range(trie.num_levels + 1):
-            lo, hi = trie.depth_offsets[d], trie.depth_offsets[d + 1]
-            if num_requests * (hi - lo) > dense_entries:
-                tables.append(None)
-                continue
-            req, node = np.divmod(dead, trie.num_nodes)
-            at_depth = (node >= lo) & (node < hi)
-            table = np.zeros((num_requests, hi - lo), dtype=bool)
-            table[req[at_depth], node[at_depth] - lo] = True
-            tables.append(torch.from_numpy(table))
+        req, node = np.divmod(dead, trie.num_nodes)
+        child_ptr, node_code = trie.child_ptr.numpy(), trie.node_code.numpy()
+        parent_keys, codes, ranks = [], [], []
+        for d in range(1, trie.num_levels + 1):
+            at = (node >= trie.depth_offsets[d]) & (node < trie.depth_offsets[d + 1])
+            r, x = req[at], node[at]
+            lo, hi = trie.depth_offsets[d - 1], trie.depth_offsets[d]
+            parent = lo + np.searchsorted(child_ptr[lo:hi], x, side="right") - 1
+            # Sorted by (request, node) and parents grow with node ids: keys stay sorted.
+            parent_keys.append(torch.from_numpy(r * trie.num_nodes + parent))
+            codes.append(torch.from_numpy(node_code[x].astype(np.int64)))
+            ranks.append(torch.from_numpy(x - child_ptr[parent].astype(np.int64)))
         return cls(
-            num_requests, trie.num_nodes, torch.from_numpy(dead), trie.depth_offsets, tuple(tables)
+            len(item_sets),
+            trie.num_nodes,
+            torch.from_numpy(dead),
+            tuple(parent_keys),
+            tuple(codes),
+            tuple(ranks),
         )
 
-    def is_dead_at(self, request: torch.Tensor, nodes: torch.Tensor, depth: int) -> torch.Tensor:
-        """`is_dead` for nodes known to lie at `depth` (or be `DEAD`): a table gather where
-        the depth has a dead table."""
-        table = self.dead_tables[depth]
-        if table is None:
-            return self.is_dead(request, nodes)
-        lo, hi = self.depth_offsets[depth], self.depth_offsets[depth + 1]
-        flat = request.long() * (hi - lo) + (nodes.long() - lo).clamp(0, hi - lo - 1)
-        return torch.take(table, flat) & (nodes >= lo) & (nodes < hi)
+    def clear_dead_children(
+        self,
+        valid: torch.Tensor,
+        states: torch.Tensor,
+        request: torch.Tensor,
+        depth: int,
+        by_code: bool,
+    ) -> None:
+        """Set `valid[b, slot]` False for every dead child of (B,) depth-`depth` states, in
+        place; a slot is the child's code (`by_code`, dense levels) or its sibling rank."""
+        keys = torch.where(states >= 0, request.long() * self.num_nodes + states, -1)
+        table = self.parent_keys[depth]
+        first = torch.searchsorted(table, keys)
+        count = torch.searchsorted(table, keys, right=True) - first  # (B,) dead children
+        total = int(count.sum())
+        if total == 0:
+            return
+        rows = torch.repeat_interleave(torch.arange(len(keys)), count)  # (total,)
+        # Entry j of row b is table index first[b] + j.
+        start = torch.repeat_interleave(first - (torch.cumsum(count, 0) - count), count)
+        entry = start + torch.arange(total)
+        slots = (self.dead_codes if by_code else self.dead_ranks)[depth][entry]
+        valid[rows, slots] = False
 
     def is_dead(self, request: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         """Bool of broadcast(request, nodes) shape: the node is dead for that request (a

@@ -107,7 +107,7 @@ def test_exclusion_matches_reference(cat: tuple[SemanticIDs, int], data: st.Data
     item = st.integers(0, sids.num_items - 1)
     # Several requests, each with its own (possibly repeated, possibly total) exclusion set.
     sets = data.draw(st.lists(st.lists(item, max_size=2 * sids.num_items), min_size=1, max_size=4))
-    excl = Exclusion.build(trie, sets, dense_entries=dense)  # dead tables and binary search
+    excl = Exclusion.build(trie, sets)
     for t in range(sids.num_levels):
         prefixes = sids.codes[:, :t].astype(np.int64)  # every item's prefix, for every request
         for r, excluded in enumerate(sets):
