@@ -208,7 +208,8 @@ def _section(
         SECTION,
         "",
         f"Written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; measured on a {os.cpu_count()}-core "
-        f"CPU ({_cpu_name()}), no GPU, torch {torch.__version__}, {threads} torch thread(s) "
+        f"CPU ({_cpu_name()}), no GPU, torch {torch.__version__}, "
+        f"{'/'.join(map(str, threads))} torch thread(s) "
         "per run. Times are wall-clock on a machine shared with other jobs; with `--reuse`, "
         "finished runs are read back from `--out` with their original times.",
         f"Command: `{command}`",
@@ -234,15 +235,24 @@ def _section(
             "| model | R@5 | N@5 | R@10 | N@10 | hyper-parameters | train time | epochs |",
             "|---|---|---|---|---|---|---|---|",
             f"| most-popular | {_fmt(rep.popularity[1])} | train counts | "
-            f"{rep.popularity_seconds:.1f}s | – |",
+            f"{rep.popularity_seconds:.2f}s | – |",
             f"| most-popular, history excluded | {_fmt(rep.popularity_excl[1])} | train counts "
             "| – | – |",
             f"| **SASRec (full softmax)** | {_fmt(best.test)} | d={cfg.model.hidden_size}, "
             f"dropout {cfg.model.dropout}, wd {cfg.weight_decay} | {best.train_seconds:.0f}s | "
             f"best {best.best_epoch} of {best.epochs_run} |",
         ]
-        for label, (r5, n5, r10, n10) in PUBLISHED.get(rep.name.lower(), []):
+        published = PUBLISHED.get(rep.name.lower(), [])
+        for label, (r5, n5, r10, n10) in published:
             lines.append(f"| {label} | {r5:.4f} | {n5:.4f} | {r10:.4f} | {n10:.4f} | – | – | – |")
+        if published:
+            ours = best.test
+            cmp = "; ".join(
+                f"{label}: R@10 {ours.recall[10]:.4f} vs {r10:.4f} ({ours.recall[10] / r10:.2f}x), "
+                f"N@10 {ours.ndcg[10]:.4f} vs {n10:.4f} ({ours.ndcg[10] / n10:.2f}x)"
+                for label, (_, _, r10, n10) in published
+            )
+            lines += ["", f"Our SASRec against the published figures on this split — {cmp}."]
         budget = cfg.max_train_seconds
         lines += [
             "",
