@@ -2,6 +2,7 @@
 
 reasonrec train fast --release R [--teacher rule] [--epochs 20] ...
 reasonrec eval --release R [--teachers none,rule] [--baselines popular,sasrec] ...
+reasonrec train reasoner-align / reasoner-sft: see trainer/reasoner_cli.py
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def register(subparsers: Any) -> None:
     fast.add_argument("--layers", type=int, default=2)
     fast.add_argument("--heads", type=int, default=4)
     fast.add_argument("--max-items", type=int, default=30, help="history window in items")
-    fast.add_argument("--trace-dropout", type=float, default=0.3)
+    fast.add_argument("--trace-dropout", type=float, default=0.2)
     fast.add_argument("--patience", type=int, default=3)
     fast.add_argument("--eval-users", type=int, default=1000, help="validation subset size")
     fast.add_argument("--beams", type=int, default=20)
@@ -47,6 +48,10 @@ def register(subparsers: Any) -> None:
     fast.add_argument("--work-dir", type=Path, help="checkpoints/logs (default: RELEASE.runs/fast)")
     fast.add_argument("--no-resume", action="store_true", help="ignore an earlier checkpoint")
     fast.set_defaults(handler=_train_fast)
+
+    from trainer.reasoner_cli import add_train_commands
+
+    add_train_commands(tsub)
 
     ev = subparsers.add_parser(
         "eval",
@@ -66,6 +71,11 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--baselines", default="popular", help="comma list: popular, sasrec, none")
     ev.add_argument("--beams", type=int, default=20)
     ev.add_argument("--limit", type=int, help="evaluate a random subset of this many users")
+    ev.add_argument("--tiers", default="", help="reasoner tiers, comma list of r0,r1,r2,r3")
+    ev.add_argument(
+        "--modes", default="thinking,nonthinking", help="reasoner modes for the r2/r3 tiers"
+    )
+    ev.add_argument("--max-think-tokens", type=int, help="reasoner thinking budget")
     ev.add_argument("--out", type=Path, help="JSON results (default: RELEASE.runs/eval.json)")
     ev.add_argument("--markdown", type=Path, help="Markdown table (default: next to --out)")
     ev.set_defaults(handler=_eval)
@@ -81,7 +91,8 @@ def _teacher_arg(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument(
         "--teacher",
         default=default,
-        help="trace source while training: none | dominant | oracle (synthetic only) | rule",
+        help="trace source while training: none | dominant | oracle (synthetic only) | rule | "
+        "reasoner (the release's reasoner, one generation per new history: slow on CPU)",
     )
 
 
@@ -213,6 +224,9 @@ def _eval(args: argparse.Namespace) -> int:
         baselines=tuple(b for b in args.baselines.split(",") if b and b != "none"),
         beams=args.beams,
         limit=args.limit,
+        tiers=tuple(t for t in args.tiers.split(",") if t),
+        modes=tuple(m for m in args.modes.split(",") if m),
+        max_think_tokens=args.max_think_tokens,
     )
     report = run_evaluation(request)
     out = args.out or _runs_dir(args.release) / f"eval-{args.split}.json"

@@ -9,20 +9,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sid_index.datasets.registry import load_dataset
 from sid_index.datasets.splits import LeaveOneOutSplit, leave_one_out
-from sid_index.errors import ConfigError, DataError
+from sid_index.errors import ConfigError, DataError, ReleaseError
 from sid_index.records import Dataset
 from sid_index.release import Release, load_release
 from sid_index.sid_index import SIDIndex
 from trainer.teachers import DominantPrefixTeacher, PersonaOracleTeacher, TraceTeacher
 
-TEACHERS = ("none", "dominant", "oracle", "rule")
+if TYPE_CHECKING:
+    from trainer.cot.personas import PersonaModel
+    from trainer.cot.rule_teacher import RuleTeacher
+    from trainer.reasoner_teacher import ReasonerTeacher
+
+TEACHERS = ("none", "dominant", "oracle", "rule", "reasoner")
 """Trace sources for the fast model: no trace, dominant SID prefixes, the synthetic
-generator's planted persona (+ dominant prefixes), the rule-based CoT teacher."""
+generator's planted persona (+ dominant prefixes), the rule-based CoT teacher, the release's
+trained reasoner (its parsed thoughts)."""
+
+REASONER_PART = "reasoner"
+PERSONAS_FILE = "personas.json"
+"""The persona model inside the reasoner part: the persona ids of the reasoner's `<p_k>`
+tokens, shared by the rule teacher, the slow path and the fast model."""
 
 
 @dataclass
@@ -75,12 +87,73 @@ def build_teacher(name: str, ws: Workspace) -> TraceTeacher | None:
                 f"teacher 'oracle' needs planted personas; dataset {ws.dataset.name!r} has none"
             )
         return PersonaOracleTeacher(ws.dataset.personas, dominant)
+    if name == "reasoner":
+        return reasoner_teacher(ws)
+    return rule_teacher(ws, release_personas(ws))
+
+
+def rule_teacher(ws: Workspace, personas: PersonaModel | None = None) -> RuleTeacher:
+    """The rule CoT teacher on the train split; with `personas` (the reasoner's persona model)
+    rule traces and reasoner traces share persona ids, else personas are fitted here."""
     from trainer.cot.rule_teacher import RuleTeacher
 
-    return RuleTeacher.fit(
+    if personas is None:
+        return RuleTeacher.fit(
+            ws.index.catalog,
+            ws.codes,
+            ws.split.train_indptr,
+            ws.split.train_items,
+            item_index=ws.index.item_index,
+        )
+    from trainer.cot.prefix_stats import PrefixTransitions
+
+    return RuleTeacher(
         ws.index.catalog,
         ws.codes,
-        ws.split.train_indptr,
-        ws.split.train_items,
+        personas,
+        transitions=PrefixTransitions.build(ws.split.train_indptr, ws.split.train_items, ws.codes),
         item_index=ws.index.item_index,
     )
+
+
+def reasoner_config(ws: Workspace) -> dict[str, Any]:
+    """What `train reasoner-*` recorded about the release's reasoner ({} without one)."""
+    return dict(ws.release.manifest.configs.get(REASONER_PART, {}))
+
+
+def require_reasoner(ws: Workspace) -> Path:
+    """The release's `reasoner/` directory (ReleaseError naming the command that makes it)."""
+    if not ws.release.has_part(REASONER_PART):
+        raise ReleaseError(
+            f"release {ws.release.path} has no reasoner part; train one first with "
+            f"'reasonrec train reasoner-align --release {ws.release.path}'"
+        )
+    return ws.release.part(REASONER_PART)
+
+
+def release_personas(ws: Workspace) -> PersonaModel | None:
+    """The reasoner's persona model bound to the catalogue, or None when the release has none."""
+    if not ws.release.has_part(REASONER_PART):
+        return None
+    path = ws.release.part(REASONER_PART) / PERSONAS_FILE
+    if not path.is_file():
+        return None
+    from trainer.cot.personas import PersonaModel, features_for
+
+    model = PersonaModel.load(path)
+    model.bind(features_for(ws.index.catalog, ws.codes, model.config))
+    return model
+
+
+def reasoner_teacher(ws: Workspace, *, max_think_tokens: int | None = None) -> ReasonerTeacher:
+    """A trace teacher running the release's reasoner with the settings it was trained with."""
+    from trainer.reasoner.model import load_reasoner
+    from trainer.reasoner_teacher import ReasonerTeacher, ReasonerTeacherConfig
+
+    cfg = reasoner_config(ws)
+    reasoner = load_reasoner(require_reasoner(ws))
+    config = ReasonerTeacherConfig(
+        max_history=int(cfg.get("max_history", 20)),
+        max_think_tokens=int(max_think_tokens or cfg.get("max_think_tokens", 192)),
+    )
+    return ReasonerTeacher(reasoner, ws.index.trie, ws.index.catalog, ws.codes, config)
