@@ -207,3 +207,33 @@ def test_reasoner_teacher_from_a_release_without_reasoner(release: Path) -> None
 
     with pytest.raises(ReleaseError, match="reasoner-align"):
         reasoner_teacher(open_workspace(release))
+
+
+@pytest.mark.slow
+def test_align_under_torchrun(release: Path, tmp_path: Path) -> None:
+    """The same command under torchrun (2 processes, gloo): rank 0 builds the starting point
+    and writes the release, both ranks train."""
+    import os
+    import subprocess
+    import sys
+
+    rel = _copy(release, tmp_path)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+            "-m", "serving.cli", "train", "reasoner-align", "--release", str(rel), *ALIGN,
+            "--max-steps", "3",
+        ],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = load_release(rel, require=["reasoner"]).manifest.metrics["reasoner"]
+    assert metrics["align/steps"] == 3 and metrics["align_warmup/steps"] == 2
+    log = rel.parent / "rel.runs/reasoner-align/full/metrics.jsonl"
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [3]

@@ -1,0 +1,148 @@
+"""Reasoner on Amazon Office after alignment + CoT SFT: thinking vs non-thinking.
+
+    .venv/bin/python -m benchmarks.reasoner_office [--out /tmp/reasoner_office]
+
+Steps (each a `reasonrec` command in a subprocess, 1 torch thread, timed; logs in OUT/logs):
+
+1. `index build` of `amazon:DATA` importing the published SIDs (`Office.index.rq-kmeans.json`,
+   4 levels + a disambiguation level) with the hashing embedder for the FAISS item index, so
+   no MiniLM pass (minutes on this box) is needed;
+2. `train reasoner-align` of a `scratch:tiny` reasoner;
+3. `train reasoner-sft` with the rule teacher (thinking share 0.5 in every domain);
+4. `eval --split test --tiers r0,r1,r2,r3 --modes thinking,nonthinking` with the most-popular
+   baseline.
+
+A step whose result is already in the release is skipped. Prints a Markdown section for
+benchmarks/RESULTS.md and writes OUT/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.reasoner_synthetic import (
+    REPO,
+    Runner,
+    load_average,
+    machine,
+    manifest,
+    ranking_table,
+    reasoner_stage,
+    steps_table,
+    tier_lines,
+)
+
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "office"
+PUBLISHED = "Office.index.rq-kmeans.json"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("/tmp/reasoner_office"))
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--align-epochs", type=int, default=1)
+    p.add_argument("--sft-epochs", type=int, default=1)
+    p.add_argument("--think-tokens", type=int, default=160)
+    p.add_argument("--limit", type=int, default=500, help="test users evaluated")
+    args = p.parse_args(argv)
+    out: Path = args.out
+    rel = out / "release"
+    runner = Runner(out)
+    load_before = load_average()
+    t0 = time.perf_counter()
+    common = ["--release", str(rel), "--threads", "1", "--batch-size", "16"]
+    if manifest(rel):
+        runner.skip("index", "release exists")
+    else:
+        runner.run(
+            "index",
+            ["index", "build", "--dataset", f"amazon:{args.data}", "--out", str(rel),
+             "--sids", str(args.data / PUBLISHED), "--embedder", "hashing"],
+        )  # fmt: skip
+    if reasoner_stage(rel) in ("align", "sft"):
+        runner.skip("align", "the release has an aligned reasoner")
+    else:
+        runner.run(
+            "align",
+            ["train", "reasoner-align", *common, "--base-model", "scratch:tiny",
+             "--epochs", str(args.align_epochs), "--lr", "1e-3", "--warmup-steps", "50",
+             "--eval-items", "200", "--max-think-tokens", str(args.think_tokens)],
+        )  # fmt: skip
+    align_metrics = dict(manifest(rel)["metrics"]["reasoner"])
+    if reasoner_stage(rel) == "sft":
+        runner.skip("sft", "the release has an SFT reasoner")
+    else:
+        runner.run(
+            "sft",
+            ["train", "reasoner-sft", *common, "--epochs", str(args.sft_epochs), "--lr", "5e-4",
+             "--think-ratio", "0.5", "--eval-users", "200",
+             "--max-think-tokens", str(args.think_tokens)],
+        )  # fmt: skip
+    report_path = out / "eval-test.json"
+    runner.run(
+        "eval",
+        ["eval", "--release", str(rel), "--split", "test", "--baselines", "popular",
+         "--tiers", "r0,r1,r2,r3", "--modes", "thinking,nonthinking",
+         "--limit", str(args.limit), "--out", str(report_path)],
+    )  # fmt: skip
+    report = json.loads(report_path.read_text())
+    summary = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "wall_s": time.perf_counter() - t0,
+        "steps": runner.steps,
+        "align_metrics": align_metrics,
+        "release_metrics": manifest(rel)["metrics"],
+        "eval": report,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(markdown(summary))
+    return 0
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The RESULTS.md subsection of a run."""
+    report = summary["eval"]
+    rep = report.get("reasoner", {})
+    lines = [
+        f"### Office (`{report['dataset']}`, {report['catalogue']} items, published SIDs)",
+        "",
+        f"Leave-one-out test split, full catalogue, beam {report['beams']}, "
+        f"{report['users']} seeded test users (most popular: all users).",
+        "",
+        *ranking_table(report),
+        "",
+        *tier_lines(rep, summary["align_metrics"]),
+    ]
+    think = {k: rep.get(f"thinking/r3/{k}") for k in ("recall@10", "ndcg@10")}
+    plain = {k: rep.get(f"nothinking/r3/{k}") for k in ("recall@10", "ndcg@10")}
+    if None not in think.values() and None not in plain.values():
+        lines.append(
+            f"- Thinking vs non-thinking (same SFT model and users): Recall@10 "
+            f"{think['recall@10']:.4f} vs {plain['recall@10']:.4f}, NDCG@10 "
+            f"{think['ndcg@10']:.4f} vs {plain['ndcg@10']:.4f}; thinking took "
+            f"{rep.get('thinking/seconds', 0):.0f} s, non-thinking "
+            f"{rep.get('nothinking/seconds', 0):.0f} s."
+        )
+    lines += [
+        "",
+        *steps_table(summary["steps"]),
+        "",
+        f"Machine: {summary['machine']}; shared with other jobs (1-min load average before, "
+        f"after: {summary['load_average_before']}, {summary['load_average_after']}). Date: "
+        f"{summary['date']}. Total wall time {summary['wall_s'] / 60:.0f} min. Reproduce: "
+        f"`.venv/bin/python -m benchmarks.reasoner_office`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
