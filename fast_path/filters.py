@@ -27,7 +27,7 @@ import torch
 
 from fast_path.errors import RequestError
 from sid_index.records import Catalog
-from sid_index.trie import DEFAULT_DENSE_ENTRIES, Exclusion, SIDTrie
+from sid_index.trie import Exclusion, SIDTrie
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,19 +207,5 @@ class CatalogFilters:
 
 
 def _exclusion(trie: SIDTrie, num_requests: int, dead: np.ndarray) -> Exclusion:
-    """An `Exclusion` from sorted dead keys, with the per-depth dead tables that
-    `Exclusion.build` adds where (requests × nodes at a depth) is small (same rule)."""
-    req, node = np.divmod(dead, trie.num_nodes)
-    tables: list[torch.Tensor | None] = []
-    for d in range(trie.num_levels + 1):
-        lo, hi = trie.depth_offsets[d], trie.depth_offsets[d + 1]
-        if num_requests * (hi - lo) > DEFAULT_DENSE_ENTRIES:
-            tables.append(None)
-            continue
-        at_depth = (node >= lo) & (node < hi)
-        table = np.zeros((num_requests, hi - lo), dtype=bool)
-        table[req[at_depth], node[at_depth] - lo] = True
-        tables.append(torch.from_numpy(table))
-    return Exclusion(
-        num_requests, trie.num_nodes, torch.from_numpy(dead), trie.depth_offsets, tuple(tables)
-    )
+    """An `Exclusion` from sorted dead keys."""
+    return Exclusion.from_dead_keys(trie, num_requests, dead)

@@ -374,7 +374,12 @@ class Exclusion:
                 trie.num_items,
             )
             keys.append(node_keys[hits == end - leaf_start[node]])
-        dead = np.sort(np.concatenate(keys))
+        return cls.from_dead_keys(trie, len(item_sets), np.sort(np.concatenate(keys)))
+
+    @classmethod
+    def from_dead_keys(cls, trie: SIDTrie, num_requests: int, dead: np.ndarray) -> Exclusion:
+        """An exclusion from sorted keys `request * trie.num_nodes + node` of dead nodes (e.g.
+        a domain restriction computed once per domain set); a listed node's subtree is dead."""
         req, node = np.divmod(dead, trie.num_nodes)
         child_ptr, node_code = trie.child_ptr.numpy(), trie.node_code.numpy()
         parent_keys, codes, ranks = [], [], []
@@ -388,7 +393,7 @@ class Exclusion:
             codes.append(torch.from_numpy(node_code[x].astype(np.int64)))
             ranks.append(torch.from_numpy(x - child_ptr[parent].astype(np.int64)))
         return cls(
-            len(item_sets),
+            num_requests,
             trie.num_nodes,
             torch.from_numpy(dead),
             tuple(parent_keys),
