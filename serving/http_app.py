@@ -192,7 +192,6 @@ def create_app(settings: ServingSettings, runtime: ServingRuntime | None = None)
         summary="Reasoning-augmented generative recommendation over Semantic IDs.",
         version="1",
         lifespan=lifespan,
-        responses=_ERRORS,
     )
     app.state.settings = settings
     app.state.runtime = rt
@@ -204,7 +203,7 @@ def create_app(settings: ServingSettings, runtime: ServingRuntime | None = None)
         app.add_exception_handler(expected, _on_error)
     app.add_exception_handler(Exception, _on_error)
 
-    @app.post("/v1/recommend", tags=["recommend"])
+    @app.post("/v1/recommend", tags=["recommend"], responses=_ERRORS)
     async def recommend(
         body: RecommendBody, runtime: Runtime, ctx: Context, _: Authenticated
     ) -> RecommendResponse:
@@ -215,7 +214,7 @@ def create_app(settings: ServingSettings, runtime: ServingRuntime | None = None)
         (`trace_status` says which), never to an error."""
         return await runtime.recommend(body, ctx)
 
-    @app.post("/v1/events", tags=["events"])
+    @app.post("/v1/events", tags=["events"], responses=_ERRORS)
     async def post_events(
         body: EventsBody, runtime: Runtime, ctx: Context, _: Authenticated
     ) -> EventsResponse:
@@ -223,7 +222,7 @@ def create_app(settings: ServingSettings, runtime: ServingRuntime | None = None)
         the slow path. A broker outage does not fail the call (`refresh: failed`)."""
         return await runtime.post_events(body, ctx)
 
-    @app.get("/v1/users/{user_id}/trace", tags=["explanations"])
+    @app.get("/v1/users/{user_id}/trace", tags=["explanations"], responses=_ERRORS)
     async def get_trace(
         user_id: UserIdPath, runtime: Runtime, ctx: Context, _: Authenticated
     ) -> TraceResponse:

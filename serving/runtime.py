@@ -204,7 +204,9 @@ class ServingRuntime:
         """One PING within `readiness_timeout_s`."""
         if not self._clients:
             return False
-        client = self._clients[0]
+        # The writer client: the reader's socket timeout is the request budget (tens of ms),
+        # too tight for a probe on a busy box; the probe's own bound is readiness_timeout_s.
+        client = self._clients[1]
         try:
             return bool(
                 await asyncio.wait_for(

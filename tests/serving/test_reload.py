@@ -204,3 +204,11 @@ def test_ab_assignment_through_the_api_is_sticky_and_matches_the_router(
         server.http_port, "POST", "/v1/recommend", {"user_id": vb_user, "history": history}
     )
     assert status == 200 and body["trace_status"] == "disabled" and body["experiment"] == "reload"
+    # Every variant labels the metrics, and each exports the release it serves.
+    status, text = tools.http(server.http_port, "GET", "/metrics")
+    for variant in ("va", "vb"):
+        assert f'endpoint="recommend",protocol="http",variant="{variant}"' in text, variant
+        assert (
+            f'reasonrec_release_info{{release_version="serving-test-a",variant="{variant}"}} 1.0'
+            in text
+        )
