@@ -50,8 +50,10 @@ def register(subparsers: Any) -> None:
     fast.set_defaults(handler=_train_fast)
 
     from trainer.reasoner_cli import add_train_commands
+    from trainer.rl.cli import add_train_commands as add_rl_commands
 
     add_train_commands(tsub)
+    add_rl_commands(tsub)
 
     ev = subparsers.add_parser(
         "eval",

@@ -57,10 +57,13 @@ class FastTrainConfig:
     """Linear warm-up steps."""
     max_items: int = 30
     """Longest history window in items (the most recent ones are kept)."""
-    trace_dropout: float = 0.3
-    """Probability that an example is trained without a trace."""
-    min_trace_frac: float = 0.5
-    """The trace covers at least this fraction of the window (the rest follows it)."""
+    trace_dropout: float = 0.2
+    """Probability that an example is trained without a trace (positions before the trace
+    train the no-trace mode too, so this can stay small)."""
+    min_trace_frac: float = 0.0
+    """The trace covers at least this fraction of the window (the rest follows it). Low
+    values put more positions after the trace, which is where its use is learned: on
+    synthetic data 0.0 learned the persona signal about twice as fast as 0.5."""
     patience: int = 4
     """Stop after this many validations without improvement."""
     select_metric: str = "valid/recall@10"
