@@ -44,7 +44,11 @@ bench: $(DEV_STAMP) ## run one benchmark by hand, e.g. `make bench B=beam_search
 	  ls benchmarks/*.py | sed 's|benchmarks/||; s|\.py$$||; s|^|  |'; exit 2; fi
 	$(BIN)/python -m benchmarks.$(B)
 
+proto: $(DEV_STAMP) ## regenerate the gRPC stubs in serving/proto/gen from the .proto
+	$(BIN)/python -m grpc_tools.protoc -Iserving/proto/gen=serving/proto --python_out=. \
+	  --grpc_python_out=. --pyi_out=. serving/proto/gen/reasonrec/v1/recommend.proto
+
 clean: ## remove the virtualenv and build artifacts
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
 
-.PHONY: help install dev demo test lint bench clean
+.PHONY: help install dev demo test lint bench proto clean
