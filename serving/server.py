@@ -195,11 +195,6 @@ class ThreadedServer:
         if self.runtime.load_error is not None:
             raise self.runtime.load_error
 
-    def call(self, coro: object, timeout_s: float = 60.0) -> object:
-        """Run a coroutine on the server's loop and return its result."""
-        assert self.loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)  # type: ignore[arg-type]
-
     def _main(self) -> None:
         async def main() -> None:
             self.loop = asyncio.get_running_loop()
