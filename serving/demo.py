@@ -24,22 +24,29 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sid_index.errors import ReasonrecError
 
-SMALL = {
-    "users": 1500,
-    "items": 600,
-    "levels": "32,32",
-    "fast_epochs": 12,
-    "align_epochs": 1,
-    "sft_epochs": 2,
-    "backfill": 300,
-    "eval_users": 500,
-}
-"""Demo size: minutes on a 2-core CPU."""
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How big the demo is: minutes on a 2-core CPU."""
+
+    users: int = 1500
+    items: int = 600
+    levels: str = "32,32"
+    fast_epochs: int = 12
+    align_epochs: int = 1
+    sft_epochs: int = 2
+    backfill: int = 300
+    """Users whose traces the worker computes (the rest are served in no-trace mode)."""
+    eval_users: int = 500
+
+
+SMALL = DemoSize()
 
 
 class DemoError(ReasonrecError):
@@ -54,10 +61,10 @@ def register(subparsers: Any) -> None:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument("--work-dir", type=Path, default=Path("demo-run"))
-    p.add_argument("--users", type=int, default=SMALL["users"])
-    p.add_argument("--items", type=int, default=SMALL["items"])
+    p.add_argument("--users", type=int, default=SMALL.users)
+    p.add_argument("--items", type=int, default=SMALL.items)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fast-epochs", type=int, default=SMALL["fast_epochs"])
+    p.add_argument("--fast-epochs", type=int, default=SMALL.fast_epochs)
     p.add_argument(
         "--no-reasoner",
         action="store_true",
@@ -205,7 +212,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 "--out",
                 str(release),
                 "--levels",
-                SMALL["levels"],
+                SMALL.levels,
             ),
             env,
             "index build",
@@ -221,7 +228,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 "--base-model",
                 "scratch:tiny",
                 "--epochs",
-                str(SMALL["align_epochs"]),
+                str(SMALL.align_epochs),
             ),
             env,
             "reasoner-align",
@@ -234,7 +241,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 "--release",
                 str(release),
                 "--epochs",
-                str(SMALL["sft_epochs"]),
+                str(SMALL.sft_epochs),
             ),
             env,
             "reasoner-sft",
@@ -291,7 +298,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 work / "worker.log",
             )
         )
-        users = _sample_users(spec, SMALL["backfill"], args.seed)
+        users = _sample_users(spec, SMALL.backfill, args.seed)
         _run(
             _cli(
                 "slow-path",
@@ -348,7 +355,7 @@ def run_demo(args: argparse.Namespace) -> int:
             "--teachers",
             teachers,
             "--limit",
-            str(SMALL["eval_users"]),
+            str(SMALL.eval_users),
             "--out",
             str(out),
         ),

@@ -123,6 +123,7 @@ def test_contract_lists_the_agreed_metrics(
         "reasonrec_batch_size": ("histogram", frozenset()),
         "reasonrec_errors_total": ("counter", frozenset({"code"})),
         "reasonrec_release_info": ("gauge", frozenset({"variant", "release_version"})),
+        "reasonrec_refresh_enqueues_total": ("counter", frozenset({"result"})),
         "reasonrec_traces_written_total": ("counter", frozenset()),
         "reasonrec_trace_parse_failures_total": ("counter", frozenset()),
         "reasonrec_reasoner_tokens_total": ("counter", frozenset()),
