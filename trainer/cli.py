@@ -177,6 +177,8 @@ def _train_fast(args: argparse.Namespace) -> int:
         validate,
         resume=not args.no_resume,
     )
+    if distributed:
+        torch.distributed.destroy_process_group()
     if rank != 0:
         return 0
     best = FastModel.load(work / "best")

@@ -205,6 +205,9 @@ def train_fast_model(
     opt = torch.optim.AdamW(fm.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     order = np.arange(len(sequences))
     shard = order[rank::world]
+    # DDP needs the same number of steps on every rank: short shards repeat a few users.
+    per_rank = math.ceil(len(order) / world)
+    shard = np.concatenate([shard, shard[: per_rank - len(shard)]])
     steps_per_epoch = max(1, math.ceil(len(shard) / (cfg.batch_size * cfg.grad_accum)))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, cfg.epochs * steps_per_epoch))
 

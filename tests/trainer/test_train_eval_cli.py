@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +113,63 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "unknown teacher" in capsys.readouterr().err
     assert main(["eval", "--release", str(rel), "--baselines", "magic"]) == 2
     assert "unknown baselines" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_fast_runs_unchanged_under_torchrun(tmp_path: Path) -> None:
+    """Two gloo processes on this CPU: both finish, rank 0 writes the release."""
+    rel = tmp_path / "rel"
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--dataset",
+                "synthetic:users=150,items=80,seed=3",
+                "--out",
+                str(rel),
+                "--levels",
+                "8,8",
+                "--embedder",
+                "hashing",
+            ]
+        )
+        == 0
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "-m",
+        "serving.cli",
+        "train",
+        "fast",
+        "--release",
+        str(rel),
+        "--teacher",
+        "dominant",
+        "--epochs",
+        "2",
+        "--hidden-size",
+        "32",
+        "--layers",
+        "1",
+        "--eval-users",
+        "30",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    release = load_release(rel, require=["fast_model"])
+    assert release.manifest.metrics["fast_model"]["epochs_run"] == 2
+    log = (tmp_path / "rel.runs" / "fast" / "metrics.jsonl").read_text().splitlines()
+    assert len(log) == 2  # rank 0 alone logs
