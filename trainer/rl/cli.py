@@ -308,8 +308,8 @@ def _train_unify(args: argparse.Namespace) -> int:
         final = res.final_dir
         config: dict[str, Any] = {"rft": asdict(rft), "sft": asdict(sft)}
         metrics: dict[str, Any] = {"samples": len(samples), "final_loss": res.loop.final_loss}
-        if evaluate is not None:
-            metrics.update(evaluate(student))
+        evals = [h for h in res.loop.history if any(k.startswith("valid/") for k in h)]
+        metrics.update(evals[-1] if evals else {})  # the SFT loop's last epoch-end evaluation
     else:
         mopd = MOPDConfig(
             steps=args.steps, prompts_per_step=args.prompts_per_step,
@@ -322,7 +322,10 @@ def _train_unify(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
         )  # fmt: skip
         final, config, metrics = out.final_dir, {"mopd": asdict(mopd)}, dict(out.last_eval)
-    config.update({"method": args.method, "domains": domains, "max_history": history})
+    config.update(
+        {"method": args.method, "domains": domains, "max_history": history,
+         "max_prompts": args.max_prompts}
+    )  # fmt: skip
     if args.to == "unified":
         where = _publish(args, ws, final, UNIFIED_PART, args.method, config, metrics)
     else:

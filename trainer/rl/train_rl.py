@@ -21,6 +21,7 @@ Resumable: `out_dir/last` (a loadable reasoner directory + optimizer + step) eve
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -66,6 +67,19 @@ PLOT_KEYS = (
     "train/clip_frac_item", "rollout/think_tokens", "rollout/group_hit",
 )  # fmt: skip
 """The panels of `curves.png` (plus every evaluation Recall@10 and NDCG@10)."""
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop records after `step` from a JSONL metrics log (the steps a crashed run did after its
+    last checkpoint are redone and logged again on resume)."""
+    if not path.is_file():
+        return
+    keep = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and int(json.loads(line).get("step", 0)) <= step
+    ]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
 def plot_run(log: MetricsLog, png: Path, title: str, keys: Sequence[str] = PLOT_KEYS) -> None:
@@ -197,6 +211,7 @@ def train_rl(
         step = _restore(last, policy, opt)
         log.info("%s: resumed from %s at step %d", stage, last, step)
     out_dir.mkdir(parents=True, exist_ok=True)
+    truncate_log(out_dir / "metrics.jsonl", step)
     metrics_log = MetricsLog(out_dir / "metrics.jsonl", append=step > 0)
     extra = tokenizer_files(tok, policy.vocab)
     history: list[dict[str, float]] = []

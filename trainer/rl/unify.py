@@ -42,7 +42,7 @@ from trainer.reasoner.tokenizer import decode, token_ids, tokenizer_files
 from trainer.rl.prompts import RLPrompt
 from trainer.rl.rewards import RewardConfig
 from trainer.rl.rollout import RolloutConfig, Rollouts, left_pad, rollout
-from trainer.rl.train_rl import PLOT_EVERY_S, plot_run
+from trainer.rl.train_rl import PLOT_EVERY_S, plot_run, truncate_log
 from trainer.training_log import MetricsLog, progress
 
 log = logging.getLogger(__name__)
@@ -107,32 +107,34 @@ def collect_rft_samples(
     """Best trajectory per prompt (see the module docstring); prompts without one are skipped."""
     reward = reward or RewardConfig()
     codes = np.asarray(codes)
+    g = cfg.samples_per_prompt
     ro_cfg = RolloutConfig(
-        group_size=cfg.samples_per_prompt, lists_per_trace=1, list_size=cfg.list_size,
-        pool_size=cfg.list_size, temperature=cfg.temperature,
-        max_think_tokens=cfg.max_think_tokens, batch_size=cfg.batch_size,
+        group_size=g, lists_per_trace=1, list_size=cfg.list_size, pool_size=cfg.list_size,
+        temperature=cfg.temperature, max_think_tokens=cfg.max_think_tokens,
+        batch_size=cfg.batch_size,
     )  # fmt: skip
     gen = torch.Generator().manual_seed(cfg.seed)
-    ro = rollout(
-        expert, prompts, trie=trie, codes=codes, config=ro_cfg, reward=reward, generator=gen
-    )
-    total = ro.rewards.total[:, 0].reshape(len(prompts), cfg.samples_per_prompt)  # (P, G)
-    hit = ro.rewards.is_hit[:, 0].reshape(len(prompts), cfg.samples_per_prompt)
-    score = np.where(hit | (not cfg.require_hit), total, -np.inf)
-    best = score.argmax(axis=1)  # (P,)
+    chunk = max(1, cfg.batch_size // g)  # prompts per rollout call (one progress tick each)
     out = []
-    for p, g in enumerate(best.tolist()):
-        if not np.isfinite(score[p, g]):
-            continue
-        row = p * cfg.samples_per_prompt + g
-        thought = decode(expert.tokenizer, ro.thought_ids[row], skip_special=False)
-        completion = (
-            thought + cot_format.THINK_END + cot_format.ANSWER
-            + cot_format.render_answer(codes[prompts[p].target].tolist())
-        )  # fmt: skip
-        out.append(
-            RFTSample(prompts[p].prompt, completion, True, prompts[p].domain, float(total[p, g]))
+    for lo in progress(range(0, len(prompts), chunk), desc="rft samples", unit="batch"):
+        part = prompts[lo : lo + chunk]
+        ro = rollout(
+            expert, part, trie=trie, codes=codes, config=ro_cfg, reward=reward, generator=gen
         )
+        total = ro.rewards.total[:, 0].reshape(len(part), g)  # (P, G)
+        hit = ro.rewards.is_hit[:, 0].reshape(len(part), g)
+        score = np.where(hit | (not cfg.require_hit), total, -np.inf)
+        for p, best in enumerate(score.argmax(axis=1).tolist()):
+            if not np.isfinite(score[p, best]):
+                continue
+            thought = decode(expert.tokenizer, ro.thought_ids[p * g + best], skip_special=False)
+            completion = (
+                thought + cot_format.THINK_END + cot_format.ANSWER
+                + cot_format.render_answer(codes[part[p].target].tolist())
+            )  # fmt: skip
+            out.append(
+                RFTSample(part[p].prompt, completion, True, part[p].domain, float(total[p, best]))
+            )
     return out
 
 
@@ -341,6 +343,7 @@ def train_mopd(
             restore_optimizer(last, opt)
         step = int(state["step"])  # type: ignore[call-overload]
     out_dir.mkdir(parents=True, exist_ok=True)
+    truncate_log(out_dir / "metrics.jsonl", step)
     metrics_log = MetricsLog(out_dir / "metrics.jsonl", append=step > 0)
     extra = tokenizer_files(tok, student.vocab)
     history: list[dict[str, float]] = []

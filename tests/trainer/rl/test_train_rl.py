@@ -70,7 +70,7 @@ class _Crash(Exception):
 
 def test_rl_resumes_where_it_stopped(world, make_reasoner, tmp_path: Path) -> None:
     prompts = world.prompts[:4]
-    cfg = _cfg(4, save_every=1, eval_every=2)
+    cfg = _cfg(4, save_every=2, eval_every=1)
     calls: list[int] = []
 
     def evaluate(reasoner: object) -> dict[str, float]:
@@ -83,7 +83,7 @@ def test_rl_resumes_where_it_stopped(world, make_reasoner, tmp_path: Path) -> No
 
     def crash_at_step_2(reasoner: object) -> dict[str, float]:
         calls.append(1)
-        if len(calls) == 2:  # the evaluation after step 2 (the first one is at step 0)
+        if len(calls) == 4:  # the evaluation after step 3 (the first one is at step 0)
             raise _Crash
         return {"valid/calls": float(len(calls))}
 
@@ -94,7 +94,7 @@ def test_rl_resumes_where_it_stopped(world, make_reasoner, tmp_path: Path) -> No
     with pytest.raises(_Crash):
         train_rl(start, reference, prompts, world.trie, world.codes, cfg, run,
                  evaluate=crash_at_step_2)  # fmt: skip
-    # A fresh process resumes from run/last (written at step 2, before the evaluation).
+    # A fresh process resumes from run/last (step 2) and redoes step 3.
     again = make_reasoner(seed=3)
     res = train_rl(again, reference, prompts, world.trie, world.codes, cfg, run, evaluate=evaluate)
     assert res.steps == 4
@@ -103,7 +103,8 @@ def test_rl_resumes_where_it_stopped(world, make_reasoner, tmp_path: Path) -> No
     for name, tensor in a.items():
         torch.testing.assert_close(b[name], tensor, atol=1e-6, rtol=1e-5)
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [0, 1, 2, 3, 4, 4]
+    # Step 3 of the crashed run is not logged twice; every step has its record and evaluation.
+    assert steps == [0, 1, 1, 2, 2, 3, 3, 4, 4]
 
 
 def test_rl_config_and_inputs_are_checked(world, make_reasoner, tmp_path: Path) -> None:
