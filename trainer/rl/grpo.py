@@ -72,6 +72,9 @@ class Advantages:
     def select(self, rows: torch.Tensor) -> Advantages:
         return Advantages(self.lists[rows], self.traces[rows], self.weights[rows])
 
+    def to(self, device: torch.device) -> Advantages:
+        return Advantages(self.lists.to(device), self.traces.to(device), self.weights.to(device))
+
 
 @dataclass(frozen=True, slots=True)
 class LossParts:

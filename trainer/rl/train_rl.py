@@ -258,7 +258,8 @@ def train_rl(
                 if reference is not None and cfg.grpo.kl_coef > 0
                 else None
             )
-        adv = group_advantages(ro.group_rewards(), ro.group_hit(), cfg.grpo)
+        adv = group_advantages(ro.group_rewards(), ro.group_hit(), cfg.grpo).to(device)
+        lists = ro.lists.to(device)
         t_update = time.perf_counter()
         model.train()
         parts: list[LossParts] = []
@@ -266,12 +267,12 @@ def train_rl(
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(ro.num_rows, generator=gen)
             for lo in range(0, ro.num_rows, cfg.minibatch_rows):
-                rows = order[lo : lo + cfg.minibatch_rows]
-                sub = sb.select(rows.to(device))
+                rows = order[lo : lo + cfg.minibatch_rows].to(device)
+                sub = sb.select(rows)
                 new = score_tokens(model, sub, offsets)
                 part = grpo_loss(
                     new, old.select(rows), None if ref is None else ref.select(rows),
-                    sub.reason_mask, ro.lists[rows].to(device), adv.select(rows), cfg.grpo,
+                    sub.reason_mask, lists[rows], adv.select(rows), cfg.grpo,
                 )  # fmt: skip
                 part.loss.backward()
                 if cfg.max_grad_norm > 0:
