@@ -31,7 +31,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -40,97 +40,12 @@ import numpy as np
 from loadtests.driver import Channel, LoadPlan, RequestFailed, drive, require_loopback
 from loadtests.grpc_load import add_load_arguments, grpc_channel, slo_from_args
 from loadtests.grpc_load import workload_from_args as _workload
+from loadtests.memory import MemoryReport, RssSampler, rss_source
 from loadtests.slo import LoadReport, build_report, now_iso, render_markdown
 from loadtests.workload import Workload
 from sid_index.errors import ConfigError, ReasonrecError
 
 REPO = Path(__file__).resolve().parents[1]
-MIB = 1024 * 1024
-
-
-# ---- memory ---------------------------------------------------------------------------------
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of one process (psutil if installed, else /proc/<pid>/status)."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        try:
-            return int(psutil.Process(pid).memory_info().rss)
-        except psutil.Error as exc:
-            raise ConfigError(f"cannot read the memory of process {pid} ({exc})") from None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024  # reported in kB
-    except OSError as exc:
-        raise ConfigError(f"cannot read /proc/{pid}/status ({exc})") from None
-    raise ConfigError(f"/proc/{pid}/status has no VmRSS line")
-
-
-def rss_source() -> str:
-    try:
-        import psutil  # noqa: F401
-    except ImportError:
-        return "/proc/<pid>/status VmRSS"
-    return "psutil"
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryReport:
-    """Server RSS over the soak (MiB) and the growth verdict."""
-
-    pid: int
-    source: str
-    idle_mib: float
-    """Before any load (server ready)."""
-    baseline_mib: float
-    """At the end of the warm-up."""
-    after_mib: float
-    """After the last request was answered."""
-    max_mib: float
-    growth_mib: float
-    """after - baseline."""
-    bound_mib: float
-    slope_mib_per_min: float
-    """Least-squares trend of RSS over the measured window (a leak shows as a steady slope)."""
-    samples: list[tuple[float, float]]
-    """(seconds since load start, MiB)."""
-
-    @property
-    def passed(self) -> bool:
-        return self.growth_mib <= self.bound_mib
-
-
-class RssSampler:
-    """Samples a process's RSS at fixed times on the event loop."""
-
-    def __init__(self, pid: int, every_s: float) -> None:
-        self.pid = pid
-        self.every_s = every_s
-        self.samples: list[tuple[float, float]] = []
-
-    def take(self, t: float) -> float:
-        mib = rss_bytes(self.pid) / MIB
-        self.samples.append((round(t, 3), round(mib, 2)))
-        return mib
-
-    async def run(self, t0: float, marks: Sequence[float]) -> None:
-        """Sample at every `marks` time and every `every_s` until cancelled."""
-        loop = asyncio.get_running_loop()
-        extra = sorted(marks)
-        k = 1
-        while True:
-            nxt = k * self.every_s
-            if extra and extra[0] <= nxt:
-                nxt = extra.pop(0)
-            else:
-                k += 1
-            await asyncio.sleep(max(0.0, t0 + nxt - loop.time()))
-            self.take(loop.time() - t0)
 
 
 # ---- the server -----------------------------------------------------------------------------
@@ -386,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 require_loopback(args.grpc_target, allow_remote=args.allow_remote)
             if args.pid is None:
                 raise ConfigError("--url needs --pid: the server process whose memory to sample")
+            if args.grpc_share > 0 and not args.grpc_target:
+                raise ConfigError(f"--grpc-share={args.grpc_share} needs --grpc-target")
             if not ready(args.url):
                 raise ConfigError(f"{args.url}/readyz does not answer 200")
             url, grpc_target, pid = args.url, args.grpc_target, args.pid

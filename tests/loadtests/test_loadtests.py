@@ -28,8 +28,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from loadtests.driver import Channel, LoadPlan, RequestFailed, drive, require_loopback  # noqa: E402
+from loadtests.memory import rss_bytes  # noqa: E402
 from loadtests.slo import SLO, LatencyRecorder, build_report, evaluate, percentiles_ms  # noqa: E402
-from loadtests.soak import rss_bytes  # noqa: E402
 from loadtests.workload import RequestMix, Workload  # noqa: E402
 from sid_index.errors import ConfigError  # noqa: E402
 
