@@ -21,15 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-# `loadtests` is a folder of tools at the repo root, not an installed package, and pytest runs
-# with --import-mode=importlib (no rootdir on sys.path).
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from loadtests.driver import Channel, LoadPlan, RequestFailed, drive, require_loopback
+from loadtests.memory import rss_bytes
+from loadtests.slo import SLO, LatencyRecorder, build_report, evaluate, percentiles_ms
 
-from loadtests.driver import Channel, LoadPlan, RequestFailed, drive, require_loopback  # noqa: E402
-from loadtests.memory import rss_bytes  # noqa: E402
-from loadtests.slo import SLO, LatencyRecorder, build_report, evaluate, percentiles_ms  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 from loadtests.workload import RequestMix, Workload  # noqa: E402
 from sid_index.errors import ConfigError  # noqa: E402
 
