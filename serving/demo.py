@@ -39,8 +39,10 @@ class DemoSize:
     items: int = 600
     levels: str = "32,32"
     fast_epochs: int = 12
-    align_epochs: int = 1
-    sft_epochs: int = 2
+    align_steps: int = 250
+    """Alignment steps after the embedding warm-up (a fraction of an epoch: a demo, not a model)."""
+    sft_epochs: int = 1
+    reasoner_eval_users: int = 100
     backfill: int = 300
     """Users whose traces the worker computes (the rest are served in no-trace mode)."""
     eval_users: int = 500
@@ -227,8 +229,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 str(release),
                 "--base-model",
                 "scratch:tiny",
-                "--epochs",
-                str(SMALL.align_epochs),
+                "--max-steps",
+                str(SMALL.align_steps),
             ),
             env,
             "reasoner-align",
@@ -242,6 +244,8 @@ def run_demo(args: argparse.Namespace) -> int:
                 str(release),
                 "--epochs",
                 str(SMALL.sft_epochs),
+                "--eval-users",
+                str(SMALL.reasoner_eval_users),
             ),
             env,
             "reasoner-sft",
