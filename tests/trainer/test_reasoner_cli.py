@@ -74,6 +74,9 @@ def test_bad_options_are_clear_errors(
     argv = ["train", "reasoner-align", "--release", str(rel), "--base-model", "scratch:huge"]
     assert main(argv) == 2
     assert "unknown scratch size" in capsys.readouterr().err
+    argv = ["train", "reasoner-sft", "--release", str(rel), "--align-replay", "-1"]
+    assert main(argv) == 2
+    assert "--align-replay -1.0 must be in [0, 10]" in capsys.readouterr().err
     assert main(["eval", "--release", str(rel), "--tiers", "r0,r9"]) == 2
     assert "unknown reasoner tiers ['r9']" in capsys.readouterr().err
     assert main(["eval", "--release", str(rel), "--tiers", "r3", "--modes", "dreaming"]) == 2
@@ -127,6 +130,7 @@ def test_align_resume_sft_and_eval(
     rel_ = load_release(rel, require=["reasoner"])
     metrics = rel_.manifest.metrics["reasoner"]
     assert metrics["sft/steps"] == 4 and metrics["align/steps"] == fresh_state["step"]
+    assert metrics["sft/align_replay_samples"] == round(0.2 * 120)  # one CoT sample per user
     for mode in ("thinking", "nothinking"):
         assert 0.0 <= metrics[f"valid/{mode}/r3/recall@5"] <= metrics[f"valid/{mode}/r3/recall@10"]
     assert "valid/thinking/r2/parsed" in metrics and "valid/r0/category_acc" in metrics
