@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.results_file import replace_section
 from sid_index.datasets.registry import load_dataset
 from sid_index.datasets.splits import leave_one_out
 from sid_index.errors import ConfigError
@@ -277,16 +278,8 @@ def _section(
 
 
 def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, leaving others untouched."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        tail = old[nxt + 1 :] if nxt >= 0 else ""
-        new = old[:start] + text + ("\n" + tail if tail else "")
-    path.write_text(new, encoding="utf-8")
+    """Replace (or append) this benchmark's section of RESULTS.md, leaving others alone."""
+    replace_section(SECTION, text, path)
 
 
 def _parse_budgets(values: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, float]:

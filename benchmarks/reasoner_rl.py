@@ -31,6 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.results_file import replace_section
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## Reasoner RL (GRPO, specialize-then-unify)"
@@ -420,16 +422,8 @@ def _markdown(
 
 
 def _write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, leaving the others alone."""
-    current = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    start = current.find(SECTION)
-    if start < 0:
-        new = current.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
-    else:
-        end = current.find("\n## ", start + len(SECTION))
-        tail = "" if end < 0 else current[end:]
-        new = current[:start] + text.rstrip("\n") + "\n" + tail
-    RESULTS.write_text(new)
+    """Replace (or append) this benchmark's section of RESULTS.md, leaving others alone."""
+    replace_section(SECTION, text, RESULTS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.results_file import replace_section
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## Serving latency"
@@ -347,16 +349,8 @@ def render(cells: list[Cell], args: argparse.Namespace, load: tuple[float, float
 
 
 def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace this benchmark's section of RESULTS.md (other sections are left untouched)."""
-    heading = text.splitlines()[0]
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    start = old.find(heading + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(heading))
-        new = old[:start] + text + ("\n" + old[end + 1 :] if end >= 0 else "")
-    path.write_text(new, encoding="utf-8")
+    """Replace (or append) this benchmark's section of RESULTS.md, leaving others alone."""
+    replace_section(SECTION, text, path)
 
 
 def main(argv: list[str] | None = None) -> int:

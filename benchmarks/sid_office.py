@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.results_file import replace_section
 from sid_index.cli import parse_levels
 from sid_index.datasets.registry import load_dataset
 from sid_index.embedder import MiniLMConfig, MiniLMEmbedder
@@ -209,16 +210,8 @@ def section(
 
 
 def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, leaving others untouched."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    start = old.find(SECTION + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = old.find("\n## ", start + len(SECTION))
-        tail = old[nxt + 1 :] if nxt >= 0 else ""
-        new = old[:start] + text + ("\n" + tail if tail else "")
-    path.write_text(new, encoding="utf-8")
+    """Replace (or append) this benchmark's section of RESULTS.md, leaving others alone."""
+    replace_section(SECTION, text, path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.results_file import replace_section
 from sid_index.codes import SemanticIDs
 from sid_index.trie import Exclusion, SIDTrie
 
@@ -241,16 +242,9 @@ def _cpu_name() -> str:
 
 
 def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace this benchmark's section of RESULTS.md (other sections are left untouched)."""
-    heading = text.splitlines()[0]
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    start = old.find(heading + "\n")
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = old.find("\n## ", start + len(heading))
-        new = old[:start] + text + ("\n" + old[end + 1 :] if end >= 0 else "")
-    path.write_text(new, encoding="utf-8")
+    """Replace (or append) the section whose heading is `text`'s first line (this benchmark's
+    and beam_search_speed's), leaving the others alone."""
+    replace_section(text.splitlines()[0], text, path)
 
 
 def main(argv: list[str] | None = None) -> int:
