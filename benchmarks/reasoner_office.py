@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--align-epochs", type=int, default=1)
     p.add_argument("--sft-epochs", type=int, default=1)
     p.add_argument("--think-tokens", type=int, default=160)
+    p.add_argument("--align-replay", default="0.2", help="reasoner-sft --align-replay")
     p.add_argument("--limit", type=int, default=500, help="test users evaluated")
     args = p.parse_args(argv)
     out: Path = args.out
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner.run(
             "sft",
             ["train", "reasoner-sft", *common, "--epochs", str(args.sft_epochs), "--lr", "5e-4",
-             "--think-ratio", "0.5", "--eval-users", "200",
+             "--think-ratio", "0.5", "--eval-users", "200", "--align-replay", args.align_replay,
              "--max-think-tokens", str(args.think_tokens)],
         )  # fmt: skip
     report_path = out / "eval-test.json"

@@ -164,11 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("/tmp/reasoner_synthetic"))
     p.add_argument("--dataset", default="synthetic:users=2000,items=1000,seed=0")
     p.add_argument("--levels", default="16,16")
-    p.add_argument("--align-epochs", type=int, default=4)
-    p.add_argument("--sft-epochs", type=int, default=3)
-    p.add_argument("--fast-epochs", type=int, default=8)
+    p.add_argument("--align-epochs", type=int, default=2)
+    p.add_argument("--sft-epochs", type=int, default=2)
+    p.add_argument("--fast-epochs", type=int, default=5)
     p.add_argument("--think-tokens", type=int, default=160)
-    p.add_argument("--limit", type=int, default=1000, help="test users evaluated")
+    p.add_argument("--align-replay", default="0.2", help="reasoner-sft --align-replay")
+    p.add_argument("--limit", type=int, default=500, help="test users evaluated")
     args = p.parse_args(argv)
     out: Path = args.out
     rel = out / "release"
@@ -200,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner.run(
             "sft",
             ["train", "reasoner-sft", *common, "--epochs", str(args.sft_epochs), "--lr", "5e-4",
-             "--think-ratio", "0.5", "--eval-users", "200",
+             "--think-ratio", "0.5", "--eval-users", "200", "--align-replay", args.align_replay,
              "--max-think-tokens", str(args.think_tokens)],
         )  # fmt: skip
     if "fast_model" in manifest(rel).get("parts", []):
