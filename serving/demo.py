@@ -397,5 +397,5 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"  release:   {release}  (manifest.json lists every file with its sha256)")
     print(f"  curves:    {runs}/*/curves.png   logs: {runs}/*/metrics.jsonl")
     print(f"  results:   {out} and {out.with_suffix('.md')}")
-    print(f"  processes: worker.log, api.log in {work}")
+    print(f"  processes: worker-*.log, api.log in {work}")
     return 0
