@@ -16,7 +16,8 @@ The generative story (all of it seeded and vectorized with numpy):
   next category is a (persona-tilted) complement of the previous one (prob.
   `transition_strength`), else one of the user's interests (prob. `interest_strength`), else
   a category of the persona's *expansion* theme (a theme outside its mixture, different for
-  personas that share themes) — the interest expansion that only the persona predicts. Items within a category follow a Zipf popularity.
+  personas that share themes) — the interest expansion that only the persona predicts.
+  Items within a category follow a Zipf popularity.
 
 So the next category depends on the persona beyond the last category: an oracle that knows
 the persona predicts it clearly better than one that only knows the last category.
