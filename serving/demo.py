@@ -204,6 +204,10 @@ def run_demo(args: argparse.Namespace) -> int:
     """Run every step; returns 0 when the whole system answered with explanations."""
     from slow_path.redis_conn import EmbeddedRedis
 
+    # SIGTERM (e.g. `kill`, a CI timeout) must unwind like Ctrl-C so the background worker,
+    # API and Redis are stopped by the ExitStack below instead of being orphaned.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
     work: Path = args.work_dir.resolve()
     if work.exists() and not args.keep:
         shutil.rmtree(work)
