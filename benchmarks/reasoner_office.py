@@ -19,10 +19,8 @@ benchmarks/RESULTS.md and writes OUT/summary.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +28,12 @@ from benchmarks.reasoner_synthetic import (
     REPO,
     Runner,
     load_average,
-    machine,
     manifest,
     ranking_table,
     reasoner_stage,
     steps_table,
     tier_lines,
+    write_summary,
 )
 
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "office"
@@ -92,20 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
          "--tiers", "r0,r1,r2,r3", "--modes", "thinking,nonthinking",
          "--limit", str(args.limit), "--out", str(report_path)],
     )  # fmt: skip
-    report = json.loads(report_path.read_text())
-    summary = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "load_average_before": load_before,
-        "load_average_after": load_average(),
-        "wall_s": time.perf_counter() - t0,
-        "steps": runner.steps,
-        "align_metrics": align_metrics,
-        "release_metrics": manifest(rel)["metrics"],
-        "eval": report,
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(markdown(summary))
+    write_summary(out, report_path, rel, runner, t0, load_before, align_metrics, markdown)
     return 0
 
 

@@ -28,7 +28,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -219,7 +219,22 @@ def main(argv: Sequence[str] | None = None) -> int:
          "--baselines", "popular", "--tiers", "r0,r1,r2,r3", "--modes", "thinking,nonthinking",
          "--limit", str(args.limit), "--out", str(report_path)],
     )  # fmt: skip
-    report = json.loads(report_path.read_text())
+    write_summary(out, report_path, rel, runner, t0, load_before, align_metrics, markdown)
+    return 0
+
+
+def write_summary(
+    out: Path,
+    report_path: Path,
+    rel: Path,
+    runner: Any,
+    t0: float,
+    load_before: Any,
+    align_metrics: Any,
+    render: Callable[[dict[str, Any]], str],
+) -> None:
+    """Write OUT/summary.json of a run (machine, load, wall time, steps, metrics, eval report)
+    and print its RESULTS.md subsection, rendered by `render`."""
     summary = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "machine": machine(),
@@ -229,11 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "steps": runner.steps,
         "align_metrics": align_metrics,
         "release_metrics": manifest(rel)["metrics"],
-        "eval": report,
+        "eval": json.loads(report_path.read_text()),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(markdown(summary))
-    return 0
+    print(render(summary))
 
 
 def markdown(summary: dict[str, Any]) -> str:
