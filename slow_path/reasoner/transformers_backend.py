@@ -1,16 +1,16 @@
 """`TransformersReasoner`: the reasoner on plain transformers, CPU or GPU.
 
-Per batch of users (left-padded, batch-first), two phases — the layout the reasoner is
-trained on and the one `trainer/reasoner/generate.py` decodes with:
+Per batch of users (left-padded, batch-first), two phases with the shared decoding primitives
+of `slow_path.reasoner.decoding` (the trainer's evaluation decodes with the same ones):
 
-1. thought (thinking mode): `model.generate`, greedy, with an explicit generation config (a
-   model's `generation_config.json` must not switch sampling on), until a row writes
+1. thought (thinking mode): `decoding.complete`, greedy, KV-cached, until a row writes
    `</think>`, `<answer>` or eos, or reaches the thinking budget `max_think_tokens`. Every row
-   is then closed the same way, thought + `</think><answer>`, whatever stopped it.
-2. answers: trie-constrained beam search over the SID tokens (`fast_path.beam_search`,
-   KV-cached, context prefilled once per user): exactly L steps, only prefixes of catalogue
-   items, the top `num_answers` items with summed log-probabilities. The text's answer is
-   the best of them.
+   is then closed the same way, thought + `</think><answer>`, whatever stopped it. Greedy is
+   explicit here, so a model's `generation_config.json` cannot switch sampling on.
+2. answers: `decoding.beam_answers`, trie-constrained beam search over the SID tokens
+   (`fast_path.beam_search`, KV-cached, context prefilled once per user): exactly L steps,
+   only prefixes of catalogue items, the top `num_answers` items with summed
+   log-probabilities. The text's answer is the best of them.
 
 Non-thinking prompts end with `<answer>` and go straight to phase 2.
 """
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from fast_path.beam_search import BeamSearchConfig, constrained_beam_search
-from fast_path.model_step import HFModelStep, ModelStep, SharedPrefixStep
+from fast_path.beam_search import BeamSearchConfig
+from fast_path.model_step import ModelStep
 from sid_index.codes import format_sid
 from sid_index.errors import ConfigError, ReleaseError
 from slow_path.cot_format import ANSWER, ANSWER_END, THINK_END
@@ -37,6 +37,7 @@ from slow_path.reasoner.base import (
     count_personas,
     persona_names,
 )
+from slow_path.reasoner.decoding import beam_answers, complete, model_step_for
 from slow_path.reasoner.sid_constraint import AnswerTokens
 
 if TYPE_CHECKING:
@@ -84,11 +85,7 @@ class TransformersReasoner:
         if tokenizer.pad_token_id is None:
             raise ReleaseError("the reasoner's tokenizer has no pad token (nor an eos to pad with)")
         self.offsets = torch.tensor(self.tokens.sid_offsets, dtype=torch.int64)
-        self.step: ModelStep[Any]
-        try:
-            self.step = SharedPrefixStep(self.model)  # Llama / Qwen2: no per-beam context copy
-        except ConfigError:
-            self.step = HFModelStep(self.model)
+        self.step: ModelStep[Any] = model_step_for(self.model)
         eos = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
         self.stop_ids = [self.tokens.think_end, self.tokens.answer, *eos]
 
@@ -114,17 +111,21 @@ class TransformersReasoner:
         stopped = [False] * len(rows)
         if cfg.thinking:
             if cfg.max_think_tokens > 0:
-                thoughts, stopped = self._think(rows)
+                thoughts, cut = complete(
+                    self.model, self.tokenizer, rows, max_new_tokens=cfg.max_think_tokens,
+                    stop_ids=self.stop_ids,
+                )  # fmt: skip
+                stopped = [not c for c in cut]
             close = [self.tokens.think_end, self.tokens.answer]
             rows = [r + t + close for r, t in zip(rows, thoughts, strict=True)]
         k = max(1, cfg.num_answers)
-        ids, mask = _left_pad(rows, int(self.tokenizer.pad_token_id), self.device)
-        result = constrained_beam_search(
-            self.step, ids, mask, self.trie, self.offsets, BeamSearchConfig(k, k)
-        )
-        sids = result.sids.cpu().tolist()  # (B, K, L)
-        scores = result.scores.float().cpu().tolist()  # (B, K)
-        items = result.items.cpu().tolist()  # (B, K)
+        found_items, found_sids, found_scores = beam_answers(
+            self.model, self.tokenizer, rows, trie=self.trie, offsets=self.offsets,
+            step=self.step, config=BeamSearchConfig(k, k),
+        )  # fmt: skip
+        sids = found_sids.tolist()  # (B, K, L)
+        scores = found_scores.tolist()  # (B, K)
+        items = found_items.tolist()  # (B, K)
         out = []
         for i, thought_ids in enumerate(thoughts):
             found = [
@@ -144,43 +145,6 @@ class TransformersReasoner:
                 )
             )
         return out
-
-    def _think(self, rows: list[list[int]]) -> tuple[list[list[int]], list[bool]]:
-        """Greedy thought per row (without its stop token) and whether a stop token ended it."""
-        from transformers import GenerationConfig
-
-        pad = int(self.tokenizer.pad_token_id)
-        ids, mask = _left_pad(rows, pad, self.device)
-        gen = GenerationConfig(
-            do_sample=False,
-            num_beams=1,
-            max_new_tokens=self.config.max_think_tokens,
-            eos_token_id=self.stop_ids,
-            pad_token_id=pad,
-            bos_token_id=self.tokenizer.bos_token_id,
-        )
-        new = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
-        new = new[:, ids.shape[1] :].cpu()  # (B, n)
-        is_stop = torch.isin(new, torch.tensor(self.stop_ids))
-        has_stop = is_stop.any(dim=1)
-        length = torch.where(has_stop, is_stop.int().argmax(dim=1), new.shape[1])  # (B,)
-        return (
-            [r[:n] for r, n in zip(new.tolist(), length.tolist(), strict=True)],
-            has_stop.tolist(),
-        )
-
-
-def _left_pad(
-    rows: Sequence[Sequence[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) left-padded ids and 0/1 attention mask."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
-    mask = torch.zeros((len(rows), width), dtype=torch.int64)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.int64)
-        mask[i, width - len(r) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _load(config: ReasonerConfig) -> tuple[Any, Any]:

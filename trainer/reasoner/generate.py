@@ -1,23 +1,26 @@
-"""The reasoner's decoding, for evaluation and the slow path's transformers backend.
+"""The reasoner's decoding for training-side callers: evaluation, RL rollouts, the reasoner
+CoT teacher.
 
-Two phases per batch of prompts (left-padded, batch-first):
+`reason` decodes rendered CoT-format prompts (left-padded batches, batch-first) in two phases,
+with the primitives of `slow_path.reasoner.decoding` — the same ones the slow path's
+transformers backend serves with:
 
 1. thinking (thinking prompts only, which end with `<think>`): free text, greedy or sampled
-   (temperature / top-p, for RL rollouts), with a KV cache, until a row writes `</think>`,
-   `<answer>` or eos, or has written `max_think_tokens` tokens. Every row is then closed the
-   same way — its thought, then `</think><answer>` — whatever made it stop, so the answer
-   always follows the trained layout.
-2. the answer: trie-constrained beam search over the SID tokens
-   (`fast_path.beam_search.constrained_beam_search`): exactly L steps, only prefixes of
-   catalogue items, so every answer is a real item. Returns the top-K items with scores
-   (summed log-probabilities of the SID tokens).
+   (temperature / top-p, for RL rollouts), with a KV cache (`complete`), until a row writes
+   `</think>`, `<answer>` or eos, or has written `max_think_tokens` tokens. Every row is then
+   closed the same way — its thought, then `</think><answer>` — whatever made it stop, so the
+   answer always follows the trained layout.
+2. the answer: trie-constrained beam search over the SID tokens (`beam_answers`): exactly L
+   steps, only prefixes of catalogue items, so every answer is a real item. Returns the top-K
+   items with scores (summed log-probabilities of the SID tokens).
 
 Non-thinking prompts (ending with `<think></think><answer>`) go straight to phase 2.
+`decode_items` runs phase 2 alone after arbitrary prompts. `complete` and `model_step_for` are
+re-exported from `slow_path.reasoner.decoding` for the trainer's callers.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,14 +29,25 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fast_path.beam_search import BeamSearchConfig, constrained_beam_search
-from fast_path.model_step import HFModelStep, ModelStep, SharedPrefixStep
+from fast_path.beam_search import BeamSearchConfig
+from fast_path.model_step import ModelStep
 from sid_index.codes import format_sid, sid_token
 from sid_index.errors import ConfigError, DataError
-from sid_index.trie import Exclusion, SIDTrie
+from sid_index.trie import SIDTrie
 from slow_path import cot_format
+from slow_path.reasoner.decoding import beam_answers, complete, model_step_for
 from trainer.reasoner.sft_data import encode_prompts
 from trainer.reasoner.tokenizer import decode, token_ids
+
+__all__ = [
+    "ReasonConfig",
+    "ReasonOutput",
+    "complete",
+    "decode_items",
+    "model_step_for",
+    "reason",
+    "sid_offsets_of",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +116,6 @@ def sid_offsets_of(tokenizer: PreTrainedTokenizerBase, level_sizes: Sequence[int
     return np.asarray(offsets, dtype=np.int64)
 
 
-def model_step_for(model: PreTrainedModel) -> ModelStep:
-    """The fastest `ModelStep` adapter for `model` (shared-prefix for Llama/Qwen2)."""
-    try:
-        return SharedPrefixStep(model)
-    except ConfigError:
-        return HFModelStep(model)
-
-
 def reason(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -154,26 +160,13 @@ def reason(
     return out
 
 
-def _left_pad(
-    rows: Sequence[Sequence[int]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) left-padded ids and 0/1 attention mask."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.int64)
-    mask = torch.zeros((len(rows), width), dtype=torch.int64)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.int64)
-        mask[i, width - len(r) :] = 1
-    return ids.to(device), mask.to(device)
-
-
 def _reason_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     trie: SIDTrie,
     offsets: np.ndarray,
-    step: ModelStep,
+    step: ModelStep[Any],
     config: ReasonConfig,
     exclusion_sets: Sequence[Sequence[int]] | None,
     generator: torch.Generator | None,
@@ -190,9 +183,9 @@ def _reason_batch(
         close = token_ids(tokenizer, [cot_format.THINK_END, cot_format.ANSWER])
         rows = [r + t + close for r, t in zip(rows, thoughts, strict=True)]
     beams = max(config.num_beams, config.num_answers)
-    items, sids, scores = _beam(
-        model, tokenizer, rows, trie, offsets, step, BeamSearchConfig(beams, config.num_answers),
-        exclusion_sets,
+    items, sids, scores = beam_answers(
+        model, tokenizer, rows, trie=trie, offsets=offsets, step=step,
+        config=BeamSearchConfig(beams, config.num_answers), exclusion_sets=exclusion_sets,
     )  # fmt: skip
     out = []
     for i, thought_ids in enumerate(thoughts):
@@ -206,27 +199,6 @@ def _reason_batch(
             )
         )  # fmt: skip
     return out
-
-
-def _beam(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    rows: Sequence[Sequence[int]],
-    trie: SIDTrie,
-    offsets: np.ndarray,
-    step: ModelStep,
-    beam_config: BeamSearchConfig,
-    exclusion_sets: Sequence[Sequence[int]] | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    device = next(model.parameters()).device
-    ids, mask = _left_pad(rows, int(tokenizer.pad_token_id), device)
-    excl = None if exclusion_sets is None else Exclusion.build(trie, exclusion_sets)
-    result = constrained_beam_search(step, ids, mask, trie, offsets, beam_config, excl)
-    return (
-        result.items.cpu().numpy(),
-        result.sids.cpu().numpy(),
-        result.scores.float().cpu().numpy(),
-    )
 
 
 def decode_items(
@@ -253,95 +225,13 @@ def decode_items(
     parts = []
     for lo in range(0, len(rows), batch_size):
         excl = None if exclusion_sets is None else exclusion_sets[lo : lo + batch_size]
-        parts.append(
-            _beam(model, tokenizer, rows[lo : lo + batch_size], trie, offsets, step, cfg, excl)
-        )
+        part = beam_answers(
+            model, tokenizer, rows[lo : lo + batch_size], trie=trie, offsets=offsets,
+            step=step, config=cfg, exclusion_sets=excl,
+        )  # fmt: skip
+        parts.append(part)
     return (
         np.concatenate([p[0] for p in parts]),
         np.concatenate([p[1] for p in parts]),
         np.concatenate([p[2] for p in parts]),
     )
-
-
-@torch.inference_mode()
-def complete(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int,
-    stop_ids: Sequence[int] = (),
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> tuple[list[list[int]], list[bool]]:
-    """Free-text continuation of a batch of prompt token rows (KV-cached, batch-first).
-
-    A row stops at any of `stop_ids` or eos; the stop token is not returned.
-
-    Returns:
-        per row, the generated ids and whether `max_new_tokens` cut it (no stop token).
-    """
-    if max_new_tokens == 0:
-        return [[] for _ in prompts], [True] * len(prompts)
-    device = next(model.parameters()).device
-    eos = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
-    stops = torch.tensor(list(stop_ids) + eos, dtype=torch.int64, device=device)
-    ids, mask = _left_pad(prompts, int(tokenizer.pad_token_id), device)
-    batch = ids.shape[0]
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) positions of a left-padded batch
-    logits, cache = _forward(model, ids, mask, pos, None)  # (B, V)
-    next_pos = pos[:, -1] + 1  # (B,)
-    written = torch.zeros(batch, max_new_tokens, dtype=torch.int64, device=device)
-    length = torch.full((batch,), max_new_tokens, dtype=torch.int64, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    for t in range(max_new_tokens):
-        token = _pick(logits, temperature, top_p, generator)  # (B,)
-        stopped = torch.isin(token, stops) & ~done
-        length = torch.where(stopped, t, length)
-        done |= stopped
-        written[:, t] = token
-        if bool(done.all()) or t == max_new_tokens - 1:
-            break
-        # Finished rows keep decoding (their tokens are discarded): the batch stays rectangular.
-        mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-        logits, cache = _forward(model, token[:, None], mask, next_pos[:, None], cache)
-        next_pos = next_pos + 1
-    rows = written.tolist()
-    return [r[:n] for r, n in zip(rows, length.tolist(), strict=True)], (~done).tolist()
-
-
-def _forward(
-    model: PreTrainedModel,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    pos: torch.Tensor,
-    cache: Any,
-) -> tuple[torch.Tensor, Any]:
-    """One cached forward → (B, V) float32 logits of the last position, and the cache."""
-    # transformers 5.x names the cache argument `cache`, 4.x `past_key_values`.
-    params = inspect.signature(model.forward).parameters
-    cache_kw = "cache" if "cache" in params else "past_key_values"
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-    out = model(
-        input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-        **{cache_kw: cache}, **keep,
-    )  # fmt: skip
-    new_cache = getattr(out, "cache", None)
-    return out.logits[:, -1].float(), out.past_key_values if new_cache is None else new_cache
-
-
-def _pick(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
-) -> torch.Tensor:
-    """(B, V) logits → (B,) next tokens: argmax, or temperature + top-p sampling."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (always at least the best token).
-        drop = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
