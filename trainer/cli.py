@@ -39,6 +39,14 @@ def register(subparsers: Any) -> None:
     fast.add_argument("--heads", type=int, default=4)
     fast.add_argument("--max-items", type=int, default=30, help="history window in items")
     fast.add_argument("--trace-dropout", type=float, default=0.2)
+    fast.add_argument(
+        "--hidden-dropout",
+        type=float,
+        default=0.0,
+        help="training-only dropout on embeddings and attention/MLP outputs",
+    )
+    fast.add_argument("--label-smoothing", type=float, default=0.0)
+    fast.add_argument("--weight-decay", type=float, default=0.05)
     fast.add_argument("--patience", type=int, default=3)
     fast.add_argument("--eval-users", type=int, default=1000, help="validation subset size")
     fast.add_argument("--beams", type=int, default=20)
@@ -134,6 +142,9 @@ def _train_fast(args: argparse.Namespace) -> int:
         lr=args.lr,
         max_items=args.max_items,
         trace_dropout=args.trace_dropout,
+        hidden_dropout=args.hidden_dropout,
+        label_smoothing=args.label_smoothing,
+        weight_decay=args.weight_decay,
         patience=args.patience,
         mixed_precision=args.mixed_precision,
         seed=args.seed,

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.hooks import RemovableHandle
 
 from fast_path.fast_model import FastModel
 from fast_path.prompt import encode
@@ -68,6 +70,13 @@ class FastTrainConfig:
     """Stop after this many validations without improvement."""
     select_metric: str = "valid/recall@10"
     """Validation metric for early stopping and the best checkpoint."""
+    hidden_dropout: float = 0.0
+    """Training-only dropout on the token embeddings and on every attention and MLP output
+    before it joins the residual stream (as SASRec and GPT-2 do). Llama/Qwen2 configs have no
+    such option, so it is added by forward hooks that are removed after training: the saved
+    model is a plain HF model."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the next-token cross-entropy."""
     mixed_precision: str = "no"
     """"no" or "bf16" (autocast)."""
     seed: int = 0
@@ -80,6 +89,10 @@ class FastTrainConfig:
             raise ConfigError(f"{self.trace_dropout=} must be in [0, 1]")
         if not 0.0 <= self.min_trace_frac <= 1.0:
             raise ConfigError(f"{self.min_trace_frac=} must be in [0, 1]")
+        if not 0.0 <= self.hidden_dropout < 1.0:
+            raise ConfigError(f"{self.hidden_dropout=} must be in [0, 1)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"{self.label_smoothing=} must be in [0, 1)")
         if self.mixed_precision not in ("no", "bf16"):
             raise ConfigError(f"{self.mixed_precision=} must be 'no' or 'bf16'")
         if self.lr <= 0:
@@ -142,6 +155,41 @@ def make_batch(
         labels[i, : len(r)] = lab
         mask[i, : len(r)] = 1
     return torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(labels)
+
+
+def add_dropout_hooks(model: torch.nn.Module, p: float) -> list[RemovableHandle]:
+    """Dropout on the embeddings and on each attention/MLP output (training mode only).
+
+    Hooks the modules by their Llama/Qwen2 names (`embed_tokens`, `o_proj`, `down_proj`);
+    returns the handles so the caller can remove them.
+    """
+    if p <= 0.0:
+        return []
+
+    def hook(module: torch.nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+        return F.dropout(output, p, training=module.training)
+
+    names = ("embed_tokens", "o_proj", "down_proj")
+    handles = [
+        m.register_forward_hook(hook)
+        for name, m in model.named_modules()
+        if name.rsplit(".", 1)[-1] in names
+    ]
+    if len(handles) < 3:
+        raise ConfigError(f"hidden_dropout: found only {len(handles)} of {names} in the model")
+    return handles
+
+
+def next_token_loss(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mean cross-entropy of token t+1 given tokens <= t over labelled positions (-100 skips)."""
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+        label_smoothing=label_smoothing,
+    )
 
 
 def _lr_lambda(cfg: FastTrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -222,59 +270,65 @@ def train_fast_model(
             sched.step()
         log.info("resumed from %s at epoch %s", last, state["epoch"])
 
+    hooks = add_dropout_hooks(fm.model, cfg.hidden_dropout)
     metrics_log = MetricsLog(out_dir / "metrics.jsonl", append=resume and int(state["epoch"]) > 0)  # type: ignore[call-overload]
     history: list[dict[str, float]] = []
     t0 = time.perf_counter()
-    epoch = int(state["epoch"])  # type: ignore[call-overload]
-    while epoch < cfg.epochs and int(state["bad"]) < cfg.patience:  # type: ignore[call-overload]
-        rng = np.random.default_rng([cfg.seed, epoch, rank])
-        perm = rng.permutation(shard)
-        model.train()
-        losses: list[float] = []
-        micro = cfg.batch_size
-        batches = [perm[i : i + micro] for i in range(0, len(perm), micro)]
-        bar = progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0)
-        for i, idx in enumerate(bar):
-            ids, mask, labels = make_batch(
-                fm, codes, users[idx], [sequences[j] for j in idx], teacher, cfg, rng
-            )
-            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-            with torch.autocast(
-                device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"
-            ):
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            (loss / cfg.grad_accum).backward()
-            if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches):
-                torch.nn.utils.clip_grad_norm_(fm.model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                state["step"] = int(state["step"]) + 1  # type: ignore[call-overload]
-            losses.append(loss.item())
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-        epoch += 1
-        stop = torch.zeros(1)
-        if rank == 0:
-            fm.model.eval()
-            metrics = {"train/loss": float(np.mean(losses)), **evaluate(fm)}
-            metrics_log.log(int(state["step"]), metrics, epoch=epoch)  # type: ignore[call-overload]
-            history.append(metrics)
-            score = metrics[cfg.select_metric]
-            log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})
-            if score > float(state["best"]):  # type: ignore[arg-type]
-                state.update(best=score, best_epoch=epoch, bad=0, best_metrics=metrics)
-                fm.save(out_dir / "best")
-            else:
-                state["bad"] = int(state["bad"]) + 1  # type: ignore[call-overload]
-            state["epoch"] = epoch
-            save_checkpoint(last, fm.model, opt, state)
-            metrics_log.plot(out_dir / "curves.png", title="fast model")
-            stop[0] = float(int(state["bad"]) >= cfg.patience)  # type: ignore[call-overload]
-        if world > 1:
-            dist.broadcast(stop, src=0)
-        if stop.item():
-            break
+    try:
+        epoch = int(state["epoch"])  # type: ignore[call-overload]
+        while epoch < cfg.epochs and int(state["bad"]) < cfg.patience:  # type: ignore[call-overload]
+            rng = np.random.default_rng([cfg.seed, epoch, rank])
+            perm = rng.permutation(shard)
+            model.train()
+            losses: list[float] = []
+            micro = cfg.batch_size
+            batches = [perm[i : i + micro] for i in range(0, len(perm), micro)]
+            bar = progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0)
+            for i, idx in enumerate(bar):
+                ids, mask, labels = make_batch(
+                    fm, codes, users[idx], [sequences[j] for j in idx], teacher, cfg, rng
+                )
+                ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+                with torch.autocast(
+                    device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"
+                ):
+                    logits = model(input_ids=ids, attention_mask=mask).logits
+                    loss = next_token_loss(logits, labels, cfg.label_smoothing)
+                (loss / cfg.grad_accum).backward()
+                if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches):
+                    torch.nn.utils.clip_grad_norm_(fm.model.parameters(), 1.0)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                    state["step"] = int(state["step"]) + 1  # type: ignore[call-overload]
+                losses.append(loss.item())
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+            epoch += 1
+            stop = torch.zeros(1)
+            if rank == 0:
+                fm.model.eval()
+                metrics = {"train/loss": float(np.mean(losses)), **evaluate(fm)}
+                metrics_log.log(int(state["step"]), metrics, epoch=epoch)  # type: ignore[call-overload]
+                history.append(metrics)
+                score = metrics[cfg.select_metric]
+                log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in metrics.items()})
+                if score > float(state["best"]):  # type: ignore[arg-type]
+                    state.update(best=score, best_epoch=epoch, bad=0, best_metrics=metrics)
+                    fm.save(out_dir / "best")
+                else:
+                    state["bad"] = int(state["bad"]) + 1  # type: ignore[call-overload]
+                state["epoch"] = epoch
+                save_checkpoint(last, fm.model, opt, state)
+                metrics_log.plot(out_dir / "curves.png", title="fast model")
+                stop[0] = float(int(state["bad"]) >= cfg.patience)  # type: ignore[call-overload]
+            if world > 1:
+                dist.broadcast(stop, src=0)
+            if stop.item():
+                break
+    finally:
+        for h in hooks:
+            h.remove()
     metrics_log.close()
     return FastTrainResult(
         best_epoch=int(state["best_epoch"]),  # type: ignore[call-overload]

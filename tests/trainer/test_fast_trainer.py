@@ -10,7 +10,12 @@ import torch
 from fast_path.fast_model import FastModel, FastModelConfig, build_model
 from fast_path.vocab import TRACE, TRACE_END, FastVocab
 from trainer.checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
-from trainer.fast_trainer import FastTrainConfig, make_batch
+from trainer.fast_trainer import (
+    FastTrainConfig,
+    add_dropout_hooks,
+    make_batch,
+    next_token_loss,
+)
 from trainer.teachers import DominantPrefixTeacher
 
 CODES = np.array([[i % 4, i // 4, 0] for i in range(12)], dtype=np.int32)
@@ -76,3 +81,39 @@ def test_checkpoint_round_trip_restores_optimizer(tmp_path: Path) -> None:
         torch.testing.assert_close(s1[pid]["exp_avg"], s2[pid]["exp_avg"])
         torch.testing.assert_close(s1[pid]["exp_avg_sq"], s2[pid]["exp_avg_sq"])
         assert float(s1[pid]["step"]) == float(s2[pid]["step"])
+
+
+def test_next_token_loss_matches_transformers_loss() -> None:
+    fm = _fm()
+    codes = np.array([[0, 1], [2, 3], [1, 0], [3, 2]])
+    ids, mask, labels = make_batch(
+        fm, codes, [0, 1], [np.array([0, 1, 2]), np.array([3, 2])], None, FastTrainConfig(),
+        np.random.default_rng(0),
+    )  # fmt: skip
+    out = fm.model(input_ids=ids, attention_mask=mask, labels=labels)
+    ours = next_token_loss(out.logits, labels)
+    torch.testing.assert_close(ours, out.loss.float(), rtol=1e-5, atol=1e-6)
+    smoothed = next_token_loss(out.logits, labels, label_smoothing=0.1)
+    assert smoothed.item() != ours.item()
+
+
+def test_dropout_hooks_act_in_training_only_and_come_off() -> None:
+    fm = _fm()
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    fm.model.eval()
+    with torch.no_grad():
+        clean = fm.model(input_ids=ids).logits
+    handles = add_dropout_hooks(fm.model, 0.5)
+    # embed_tokens + one o_proj and one down_proj per layer
+    assert len(handles) == 1 + 2 * fm.config.num_layers
+    with torch.no_grad():
+        torch.testing.assert_close(fm.model(input_ids=ids).logits, clean)  # eval: no dropout
+        fm.model.train()
+        noisy = fm.model(input_ids=ids).logits
+        assert not torch.allclose(noisy, clean)
+        for h in handles:
+            h.remove()
+        fm.model.eval()
+        torch.testing.assert_close(fm.model(input_ids=ids).logits, clean)
+    assert not any(m._forward_hooks for m in fm.model.modules())
+    assert add_dropout_hooks(fm.model, 0.0) == []
