@@ -65,7 +65,9 @@ class EvalRequest:
     beams: int = 20
     limit: int | None = None
     """Evaluate a seeded random subset of this many users (baselines use all users)."""
-    max_items: int = 30
+    max_items: int | None = None
+    """History window of the fast model (default: the window it was trained on, as the
+    release records it — the window the fast path serves with)."""
     tiers: tuple[str, ...] = ()
     """Reasoner tiers (r0, r1, r2, r3); empty: the reasoner is not evaluated."""
     modes: tuple[str, ...] = REASONER_MODES
@@ -106,8 +108,12 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
     ws = open_workspace(req.release, req.dataset)
     samples = ws.split.test_inputs() if req.split == "test" else ws.split.valid_inputs()
     rows: list[dict[str, Any]] = []
+    window: int | None = None
     if ws.release.has_part("fast_model"):
         fm = FastModel.load(ws.release.part("fast_model"))
+        window = req.max_items or int(
+            ws.release.manifest.configs.get("fast_model", {}).get("max_items", 30)
+        )
         users = ws.split.user_index[samples.users]
         for name in req.teachers:
             teacher = build_teacher(name, ws)
@@ -136,7 +142,7 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
                 ks=KS,
                 num_beams=req.beams,
                 limit=req.limit,
-                max_items=req.max_items,
+                max_items=window,
                 show_progress=True,
             )
             rows.append(
@@ -197,6 +203,7 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
         "users": len(samples) if req.limit is None else min(req.limit, len(samples)),
         "catalogue": len(ws.index.catalog),
         "beams": req.beams,
+        **({"history_window": window} if window is not None else {}),
         "machine": f"{platform.machine()} {platform.processor() or ''} "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads".strip(),
         "seconds": round(time.perf_counter() - t0, 1),

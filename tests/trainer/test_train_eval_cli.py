@@ -53,6 +53,8 @@ def test_train_fast_then_eval(tmp_path: Path) -> None:
                 "1",
                 "--eval-users",
                 "50",
+                "--max-items",
+                "3",
             ]
         )
         == 0
@@ -81,6 +83,7 @@ def test_train_fast_then_eval(tmp_path: Path) -> None:
         == 0
     )
     report = json.loads(out.read_text())
+    assert report["history_window"] == 3  # the window the model was trained (and is served) with
     models = [r["model"] for r in report["rows"]]
     assert models == ["fast model, trace: none", "fast model, trace: oracle", "most popular"]
     for r in report["rows"]:
