@@ -7,13 +7,13 @@ without a trained reasoner, and as a baseline for the real ones. Its text is ren
 - Persona Abstraction: the nearest prototype of the release's persona model
   (`reasoner/personas.json`, see `personas.PersonaAssigner`); without one, the dominant level-0
   SID code (`personas.PrefixPersonas`).
-- Interest Expansion: recency-weighted (half-life `HALF_LIFE` items) mass of the history per
-  level-0 SID prefix, heaviest first, until they cover `COVERAGE` of the mass (each further one
-  holding at least `MIN_SHARE`), at most 5; a prefix whose mass sits mostly (`NARROW_SHARE`) in
-  one level-1 child is narrowed to it; weights normalized; each prefix labelled by the most
-  common category (or title word) of the catalogue items under it. This is the history-only
-  part of the trainer's rule teacher (`trainer/cot/rule_teacher.py`), which also adds an
-  expansion interest from training-set transition statistics the slow path does not have.
+- Interest Expansion: the history-only rules of `interests.InterestRules` (default settings):
+  recency-weighted mass of the history per level-0 SID prefix, heaviest first, until they
+  cover 80% of the mass, narrowed to a dominant level-1 child; weights normalized; each prefix
+  labelled by the most common category (or title word) of the catalogue items under it. The
+  trainer's rule teacher (`trainer/cot/rule_teacher.py`) reads interests with the same rules
+  and adds an expansion interest from training-set transition statistics the slow path does
+  not have.
 - Transition Inference: the interest of the most recent item (users continue what they do
   now), else the heaviest one.
 - Answers: unseen catalogue items under the interests, each interest's items ordered by how
@@ -29,33 +29,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from slow_path.cot_format import CoT, CoTInterest, render_answer, render_cot, short_title
+from slow_path.cot_format import CoT, CoTInterest, render_answer, render_cot
 from slow_path.reasoner.base import (
     ReasonerConfig,
     ReasonerOutput,
     ReasonRequest,
     check_requests,
 )
-from slow_path.reasoner.personas import (
-    PersonaAssigner,
-    PrefixPersonas,
-    group_label,
-    recency_weights,
-)
+from slow_path.reasoner.interests import InterestRules, history_transition, last_item_phrase
+from slow_path.reasoner.personas import PersonaAssigner, PrefixPersonas, group_label
 
 if TYPE_CHECKING:
     from sid_index.sid_index import SIDIndex
 
-HALF_LIFE = 8.0
-"""Recency half-life (in items) of interest weights."""
-MAX_INTERESTS = 5
-"""Interests kept per user (the format allows 1..5)."""
-COVERAGE = 0.8
-"""Interests are added until they cover this share of the weighted history."""
-MIN_SHARE = 0.08
-"""An interest beyond the first needs at least this share of the weighted history."""
-NARROW_SHARE = 0.6
-"""A level-0 interest is narrowed to a level-1 child holding at least this share of it."""
+RULES = InterestRules()
+"""The history-only interest rules (the trainer's rule teacher uses the same defaults)."""
 
 
 class RuleReasoner:
@@ -93,21 +81,20 @@ class RuleReasoner:
     def _one(self, request: ReasonRequest, persona_id: int | None) -> ReasonerOutput:
         rows = np.asarray(request.items, dtype=np.int64)
         codes = self.codes[rows]  # (T, L)
-        weights = recency_weights(len(rows), HALF_LIFE)  # (T,)
         if persona_id is None:
             assert isinstance(self.personas, PrefixPersonas)
-            persona_id = self.personas.assign(codes[:, 0], weights)
-        prefixes, mass = self._interests(codes, weights)  # best first
+            persona_id = self.personas.assign(codes[:, 0], RULES.weights(len(rows)))
+        prefixes, mass = RULES.interests(codes)  # best first
         share = mass / mass.sum()
         labels = [self._label(p) for p in prefixes]
         last = codes[-1]
         holds_last = [k for k, p in enumerate(prefixes) if _matches(last, p)]
         nxt = holds_last[0] if holds_last else 0
-        title = short_title(self.index.catalog.titles[int(rows[-1])], 6) or "the last item"
-        if holds_last:
-            reason = f"after {title}, more {labels[nxt]} is the most likely next step"
-        else:
-            reason = f"after {title}, a return to {labels[nxt]}, a steady interest in the history"
+        reason = history_transition(
+            last_item_phrase(self.index.catalog.titles[int(rows[-1])]),
+            labels[nxt],
+            holds_last=bool(holds_last),
+        )
         cot = CoT(
             persona_id=persona_id,
             persona_name=self.personas.text(persona_id),
@@ -122,35 +109,6 @@ class RuleReasoner:
         text = (render_cot(cot) if self.config.thinking else "") + render_answer(answers[0])
         keep = self.config.num_answers
         return ReasonerOutput(text, tuple(answers[:keep]), tuple(scores[:keep]), 0)
-
-    def _interests(
-        self, codes: np.ndarray, weights: np.ndarray
-    ) -> tuple[list[tuple[int, ...]], np.ndarray]:
-        """Level-0 prefixes by weight (ties: the more recent first) until they cover COVERAGE,
-        each narrowed to a dominant level-1 child; returns (prefixes, (n,) masses)."""
-        top0, inverse = np.unique(codes[:, 0], return_inverse=True)
-        inverse = inverse.reshape(-1)
-        share = np.bincount(inverse, weights, len(top0)) / weights.sum()
-        recent = np.zeros(len(top0))
-        np.maximum.at(recent, inverse, np.arange(len(codes), dtype=np.float64))
-        prefixes: list[tuple[int, ...]] = []
-        kept: list[float] = []
-        for g in np.lexsort((-recent, -share)).tolist():
-            if prefixes and (share[g] < MIN_SHARE or sum(kept) >= COVERAGE):
-                break
-            prefix: tuple[int, ...] = (int(top0[g]),)
-            members = inverse == g
-            # A 2-level prefix must stay shorter than a full SID.
-            if codes.shape[1] >= 3 and members.sum() >= 2:
-                kids, kid_inv = np.unique(codes[members, 1], return_inverse=True)
-                kid_mass = np.bincount(kid_inv.reshape(-1), weights[members])
-                if kid_mass.max() >= NARROW_SHARE * kid_mass.sum():
-                    prefix = (prefix[0], int(kids[kid_mass.argmax()]))
-            prefixes.append(prefix)
-            kept.append(float(share[g]))
-            if len(prefixes) == MAX_INTERESTS:
-                break
-        return prefixes, np.asarray(kept)
 
     def _label(self, prefix: tuple[int, ...]) -> str:
         """Label of the catalogue items under a prefix (cached: few distinct prefixes)."""

@@ -3,13 +3,15 @@
 For a history (and, for training examples, the true next item):
 
 1. Persona Abstraction — the nearest persona prototype of the history (`PersonaModel`).
-2. Interest Expansion — the level-0 SID prefixes of the history ranked by recency-weighted
-   mass; as many as it takes to cover `coverage` of the mass (each holding >= `min_share`),
-   at most 5. A prefix whose mass sits mostly (>= `refine_share`) in one level-1 child becomes
-   that level-0+1 prefix. Then, when there is room, one *expansion* interest the history does
-   not hold yet: the level-0 prefix that the last item's transition statistics
-   (`PrefixTransitions`, complementary categories) and the FAISS nearest neighbours of the
-   recent items point to. Weights are the normalized masses; labels come from `PrefixLabels`.
+2. Interest Expansion — the history-only rules the slow path's rule backend uses too
+   (`slow_path.reasoner.interests.InterestRules`): the level-0 SID prefixes of the history
+   ranked by recency-weighted mass; as many as it takes to cover `coverage` of the mass (each
+   holding >= `min_share`), at most 5. A prefix whose mass sits mostly (>= `refine_share`) in
+   one level-1 child becomes that level-0+1 prefix. On top of these, when there is room, one
+   *expansion* interest the history does not hold yet: the level-0 prefix that the last item's
+   transition statistics (`PrefixTransitions`, complementary categories) and the FAISS nearest
+   neighbours of the recent items point to. Weights are the normalized masses; labels come
+   from `PrefixLabels`.
 3. Transition Inference — the interest the next item most likely comes from. From history
    only (`predicted_next`): a mix of the interest's mass and P(its prefix | last item's
    prefix). With the true next item (*hindsight*, flagged on the output): the interest whose
@@ -30,7 +32,8 @@ import numpy as np
 from sid_index.errors import ConfigError
 from sid_index.item_index import ItemIndex
 from sid_index.records import Catalog
-from slow_path.cot_format import MAX_INTERESTS, CoT, CoTInterest, short_title
+from slow_path.cot_format import MAX_INTERESTS, CoT, CoTInterest
+from slow_path.reasoner.interests import InterestRules, history_transition, last_item_phrase
 from trainer.cot.base import TeacherCoT
 from trainer.cot.personas import PersonaConfig, PersonaModel, csr_histories, features_for
 from trainer.cot.prefix_stats import PrefixLabels, PrefixTransitions
@@ -38,7 +41,6 @@ from trainer.cot.prefix_stats import PrefixLabels, PrefixTransitions
 if TYPE_CHECKING:
     from fast_path.prompt import TraceTokens
 
-_TITLE_WORDS = 6  # words of the last item's title quoted in the transition reason
 _COMPLEMENT_PROB = 0.15  # P(prefix | last prefix) above which a move reads as "often follows"
 _MAX_NEIGHBOUR_TABLE = 2_000_000  # catalogues up to this size get a precomputed neighbour table
 _SEARCH_CHUNK = 65536
@@ -127,6 +129,13 @@ class RuleTeacher:
         self.item_index = item_index
         self.config = config or RuleTeacherConfig()
         self.name = self.config.name
+        cfg = self.config
+        self.rules = InterestRules(
+            max_interests=cfg.max_interests, coverage=cfg.coverage, min_share=cfg.min_share,
+            narrow_share=cfg.refine_share, half_life=cfg.half_life,
+            # The teacher has always narrowed 2-level SIDs to whole SIDs; kept as it was.
+            narrow_to_full_sid=True,
+        )  # fmt: skip
         self._neighbour_table: np.ndarray | None = None  # (N, k) int32, built on first use
 
     @classmethod
@@ -160,33 +169,10 @@ class RuleTeacher:
 
     def _history_interests(self, history: np.ndarray) -> list[_Hypothesis]:
         """Interests held by the history, best first."""
-        cfg = self.config
-        c = self.codes[history]  # (T, L)
-        age = np.arange(len(history) - 1, -1, -1, dtype=np.float64)
-        w = 0.5 ** (age / cfg.half_life)  # (T,)
-        uniq, inv = np.unique(c[:, 0], return_inverse=True)
-        inv = inv.reshape(-1)
-        share = np.bincount(inv, weights=w, minlength=len(uniq)) / w.sum()  # (G,)
-        last_seen = np.zeros(len(uniq))
-        np.maximum.at(last_seen, inv, np.arange(len(history), dtype=np.float64))
-        order = np.lexsort((-last_seen, -share))  # mass first, then the most recent
-        out: list[_Hypothesis] = []
-        covered = 0.0
-        for g in order.tolist():
-            if out and (share[g] < cfg.min_share or covered >= cfg.coverage):
-                break
-            prefix: tuple[int, ...] = (int(uniq[g]),)
-            members = inv == g
-            if members.sum() >= 2:
-                kids, kid_inv = np.unique(c[members, 1], return_inverse=True)
-                kid_mass = np.bincount(kid_inv.reshape(-1), weights=w[members])
-                if kid_mass.max() >= cfg.refine_share * kid_mass.sum():
-                    prefix = (prefix[0], int(kids[kid_mass.argmax()]))
-            out.append(_Hypothesis(prefix, float(share[g]), "history"))
-            covered += float(share[g])
-            if len(out) == cfg.max_interests:
-                break
-        return out
+        prefixes, shares = self.rules.interests(self.codes[history])
+        return [
+            _Hypothesis(p, float(sh), "history") for p, sh in zip(prefixes, shares, strict=True)
+        ]
 
     def _expansion(self, history: np.ndarray, held: list[_Hypothesis]) -> _Hypothesis | None:
         """A level-0 prefix the history does not hold but its last items point to."""
@@ -253,16 +239,16 @@ class RuleTeacher:
 
     def _reason(self, history: np.ndarray, hyp: _Hypothesis, label: str) -> str:
         last = int(history[-1])
-        title = short_title(self.catalog.titles[last], _TITLE_WORDS) or "the last item"
+        title = last_item_phrase(self.catalog.titles[last])
         last_sid = self.codes[last]
         last_label = self.labels.label(last_sid[:1])
         if tuple(last_sid[: len(hyp.prefix)].tolist()) == hyp.prefix:
-            return f"after {title}, more {label} is the most likely next step"
+            return history_transition(title, label, holds_last=True)
         p = self.transitions.prob(int(last_sid[0]), hyp.prefix[0]) if self.transitions else 0.0
         if p >= _COMPLEMENT_PROB:
             return f"after {title} ({last_label}), {label} often comes next"
         if hyp.kind == "history":
-            return f"after {title}, a return to {label}, a steady interest in the history"
+            return history_transition(title, label, holds_last=False)
         return f"after {title}, a new direction: {label}"
 
     # -- public API ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from sid_index.errors import ConfigError
 from slow_path.cot_format import MAX_INTERESTS, parse_completion, render_completion
+from slow_path.reasoner.interests import InterestRules
 from trainer.cot.prefix_stats import PrefixLabels, PrefixTransitions
 from trainer.cot.rule_teacher import RuleTeacher, RuleTeacherConfig
 
@@ -179,6 +180,23 @@ def test_prefix_labels_come_from_categories(world: Any) -> None:
     assert labels.label((0,)).split(" / ")[0] in set(first)
     assert labels.label((0, 999)) == labels.label((0,))  # unknown child: its region's label
     assert labels.label((999,)) == "a_999"
+
+
+def test_history_interests_are_the_slow_paths_rules(world: Any) -> None:
+    """Without an expansion the teacher's interests are those the rule backend reads too."""
+    cfg = RuleTeacherConfig(expand=False, coverage=0.7, min_share=0.1, refine_share=0.5)
+    teacher = _bare_teacher(world, cfg)
+    rules = InterestRules(coverage=0.7, min_share=0.1, narrow_share=0.5, narrow_to_full_sid=True)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        history = rng.integers(0, len(world.codes), rng.integers(1, 30))
+        out = teacher.explain(0, history, None)
+        assert out is not None
+        prefixes, shares = rules.interests(world.codes[history])
+        assert [i.sid_prefix for i in out.cot.interests] == prefixes
+        np.testing.assert_allclose(
+            [i.weight for i in out.cot.interests], shares / shares.sum(), atol=0.006
+        )
 
 
 def test_config_validation() -> None:
