@@ -53,6 +53,13 @@ def register(subparsers: Any) -> None:
         "--index-kind", default="auto", help="FAISS item index: auto, flat, ivf or hnsw"
     )
     build.add_argument("--embedder", default="minilm", help="minilm (default) or hashing")
+    build.add_argument(
+        "--collab-weight",
+        type=float,
+        default=0.0,
+        help="share of the quantized vector given to item co-occurrence embeddings of the "
+        "train sequences (0: text-only SIDs; see sid_index/collaborative.py)",
+    )
     build.add_argument("--batch-size", type=int, default=64, help="MiniLM texts per batch")
     build.add_argument("--max-length", type=int, default=256, help="MiniLM tokens per text")
     build.add_argument("--niter", type=int, default=20, help="k-means iterations per level")
@@ -96,6 +103,7 @@ def _quiet_faiss() -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from sid_index.collaborative import CollaborativeConfig
     from sid_index.datasets.registry import load_dataset
     from sid_index.embedder import make_embedder
     from sid_index.item_index import ItemIndexConfig
@@ -111,6 +119,7 @@ def _build(args: argparse.Namespace) -> int:
             rq=RQKMeansConfig(levels=parse_levels(args.levels), niter=args.niter, seed=args.seed)
         ),
         index=ItemIndexConfig(kind=args.index_kind),
+        collaborative=CollaborativeConfig(weight=args.collab_weight),
     )
     if args.sids is not None and not args.sids.is_file():
         raise DataError(f"SID assignment file {str(args.sids)!r} does not exist")

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sid_index.codes import SemanticIDs
+from sid_index.collaborative import CollaborativeConfig, collaborative_embeddings, mix
+from sid_index.datasets.splits import leave_one_out
 from sid_index.embedder import TextEmbedder
 from sid_index.errors import ConfigError, DataError, ReleaseError
 from sid_index.item_index import ItemIndex, ItemIndexConfig, build_vector_index
@@ -47,6 +49,10 @@ class SIDIndexConfig:
     """Semantic ID construction (residual k-means levels, disambiguation)."""
     index: ItemIndexConfig = field(default_factory=ItemIndexConfig)
     """FAISS item index kind and search settings."""
+    collaborative: CollaborativeConfig = field(default_factory=CollaborativeConfig)
+    """Collaborative part mixed into the text embeddings before quantization (weight 0:
+    text-only SIDs). Needs a dataset with interactions; only the leave-one-out train parts
+    are used."""
     embeddings_dtype: str = "float16"
     """Stored dtype of item embeddings; float16 halves the size at ~1e-3 cosine error."""
 
@@ -66,13 +72,28 @@ class SIDIndexConfig:
         try:
             sids = dict(d.get("sids", {}))
             rq = RQKMeansConfig(**{**sids.pop("rq", {})})
+            nested = ("sids", "index", "collaborative")
             return cls(
                 sids=SIDBuildConfig(rq=rq, **sids),
                 index=ItemIndexConfig(**d.get("index", {})),
-                **{k: v for k, v in d.items() if k not in ("sids", "index")},
+                collaborative=CollaborativeConfig(**d.get("collaborative", {})),
+                **{k: v for k, v in d.items() if k not in nested},
             )
         except TypeError as exc:
             raise ConfigError(f"malformed SIDIndex config ({exc})") from None
+
+
+def _with_collaborative(
+    data: Dataset | Catalog, text: np.ndarray, config: CollaborativeConfig
+) -> np.ndarray:
+    """Text embeddings mixed with co-occurrence embeddings of the train sequences."""
+    if not isinstance(data, Dataset):
+        raise ConfigError("collaborative SIDs need a dataset with interactions, not a catalogue")
+    split = leave_one_out(data.interactions)
+    collab = collaborative_embeddings(
+        split.train_indptr, split.train_items, len(data.catalog), config
+    )
+    return mix(text, collab, config.weight)
 
 
 class SIDIndex:
@@ -149,6 +170,8 @@ class SIDIndex:
             if embedder is None:
                 raise ConfigError("building Semantic IDs needs an embedder (or import SIDs)")
             emb, seconds = embed_catalog(catalog, embedder)
+            if config.collaborative.weight > 0:
+                emb = _with_collaborative(data, emb, config.collaborative)
             build = build_sids(emb, config.sids, embed_seconds=seconds)
         item_index = None
         if emb is not None:
