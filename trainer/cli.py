@@ -46,6 +46,12 @@ def register(subparsers: Any) -> None:
         help="training-only dropout on embeddings and attention/MLP outputs",
     )
     fast.add_argument("--label-smoothing", type=float, default=0.0)
+    fast.add_argument(
+        "--trace-cuts",
+        type=int,
+        help="fixed trace cuts per user, traces decoded in batches before training "
+        "(default: 2 for --teacher reasoner, else 0 = a fresh random cut every time)",
+    )
     fast.add_argument("--weight-decay", type=float, default=0.05)
     fast.add_argument("--patience", type=int, default=3)
     fast.add_argument("--eval-users", type=int, default=1000, help="validation subset size")
@@ -143,6 +149,11 @@ def _train_fast(args: argparse.Namespace) -> int:
         max_items=args.max_items,
         trace_dropout=args.trace_dropout,
         hidden_dropout=args.hidden_dropout,
+        trace_cuts=(
+            args.trace_cuts
+            if args.trace_cuts is not None
+            else (2 if args.teacher == "reasoner" else 0)
+        ),
         label_smoothing=args.label_smoothing,
         weight_decay=args.weight_decay,
         patience=args.patience,

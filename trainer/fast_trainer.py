@@ -66,6 +66,11 @@ class FastTrainConfig:
     """The trace covers at least this fraction of the window (the rest follows it). Low
     values put more positions after the trace, which is where its use is learned: on
     synthetic data 0.0 learned the persona signal about twice as fast as 0.5."""
+    trace_cuts: int = 0
+    """0: a fresh random trace cut per example and epoch. K > 0: each user gets K cuts, drawn
+    once (seeded), and examples pick among them — so the teacher's traces can be decoded once,
+    in batches, before training (`precompute_traces`; what makes a reasoner teacher practical
+    on a CPU: a reasoner decodes a thought per history)."""
     patience: int = 4
     """Stop after this many validations without improvement."""
     select_metric: str = "valid/recall@10"
@@ -83,6 +88,8 @@ class FastTrainConfig:
     """Seed of data order, trace cuts and dropout."""
 
     def __post_init__(self) -> None:
+        if self.trace_cuts < 0:
+            raise ConfigError(f"{self.trace_cuts=} must be >= 0")
         if min(self.epochs, self.batch_size, self.grad_accum, self.max_items) < 1:
             raise ConfigError("epochs, batch_size, grad_accum and max_items must be >= 1")
         if not 0.0 <= self.trace_dropout <= 1.0:
@@ -118,8 +125,12 @@ def make_batch(
     teacher: TraceTeacher | None,
     cfg: FastTrainConfig,
     rng: np.random.Generator,
+    cut_choices: Sequence[np.ndarray] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Encode a batch of users' train sequences with random trace cuts.
+
+    `cut_choices` (per user, from `draw_trace_cuts`) restricts each user's cut to a few fixed
+    positions; without it any cut in the window may be drawn.
 
     Returns:
         input_ids (B, T), attention_mask (B, T), labels (B, T) with -100 everywhere except
@@ -128,15 +139,17 @@ def make_batch(
     L = fm.vocab.num_levels
     rows: list[np.ndarray] = []
     label_rows: list[np.ndarray] = []
-    for u, seq in zip(users, sequences, strict=True):
+    for i, (u, seq) in enumerate(zip(users, sequences, strict=True)):
         start = max(0, len(seq) - cfg.max_items)
         window = seq[start:]
         n = len(window)
         trace = None
         cut = n
         if teacher is not None and n >= 2 and rng.random() >= cfg.trace_dropout:
-            lo = max(1, math.ceil(cfg.min_trace_frac * n))
-            cut = int(rng.integers(lo, n)) if lo < n else n - 1
+            if cut_choices is not None:
+                cut = int(rng.choice(cut_choices[i]))
+            else:
+                cut = _random_cut(n, cfg.min_trace_frac, rng)
             trace = teacher.trace(int(u), seq[: start + cut])
         tokens = encode(fm.vocab, codes[window], trace, cut)
         is_item = np.ones(len(tokens), dtype=bool)
@@ -155,6 +168,51 @@ def make_batch(
         labels[i, : len(r)] = lab
         mask[i, : len(r)] = 1
     return torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(labels)
+
+
+def _random_cut(n: int, min_frac: float, rng: np.random.Generator) -> int:
+    """A trace cut in a window of n >= 2 items: the trace covers [0, cut), 1 <= cut <= n - 1."""
+    lo = max(1, math.ceil(min_frac * n))
+    return int(rng.integers(lo, n)) if lo < n else n - 1
+
+
+def draw_trace_cuts(
+    sequences: Sequence[np.ndarray], cfg: FastTrainConfig, seed: int
+) -> list[np.ndarray]:
+    """`cfg.trace_cuts` distinct window-relative cuts per user (fewer when the window is short;
+    empty when it has < 2 items)."""
+    rng = np.random.default_rng([seed, 7])
+    out = []
+    for seq in sequences:
+        n = min(len(seq), cfg.max_items)
+        cuts = (
+            {_random_cut(n, cfg.min_trace_frac, rng) for _ in range(cfg.trace_cuts)}
+            if n >= 2
+            else set()
+        )
+        out.append(np.array(sorted(cuts), dtype=np.int64))
+    return out
+
+
+def precompute_teacher_traces(
+    teacher: TraceTeacher,
+    sequences: Sequence[np.ndarray],
+    cuts: Sequence[np.ndarray],
+    max_items: int,
+    *,
+    show_progress: bool = False,
+) -> int:
+    """Decode in batches the traces `make_batch` will ask for (teachers with a
+    `precompute_traces` method, e.g. the reasoner); returns how many histories were sent."""
+    precompute = getattr(teacher, "precompute_traces", None)
+    if precompute is None:
+        return 0
+    histories = []
+    for seq, cs in zip(sequences, cuts, strict=True):
+        start = max(0, len(seq) - max_items)
+        histories += [seq[: start + int(c)] for c in cs]
+    precompute(histories, show_progress=show_progress)
+    return len(histories)
 
 
 def add_dropout_hooks(model: torch.nn.Module, p: float) -> list[RemovableHandle]:
@@ -270,6 +328,15 @@ def train_fast_model(
             sched.step()
         log.info("resumed from %s at epoch %s", last, state["epoch"])
 
+    cuts = None
+    if teacher is not None and cfg.trace_cuts > 0:
+        cuts = draw_trace_cuts(sequences, cfg, cfg.seed)
+        mine = np.unique(shard)
+        sent = precompute_teacher_traces(
+            teacher, [sequences[j] for j in mine], [cuts[j] for j in mine], cfg.max_items,
+            show_progress=rank == 0,
+        )  # fmt: skip
+        log.info("trace cuts: %d per user, %d histories precomputed", cfg.trace_cuts, sent)
     hooks = add_dropout_hooks(fm.model, cfg.hidden_dropout)
     metrics_log = MetricsLog(out_dir / "metrics.jsonl", append=resume and int(state["epoch"]) > 0)  # type: ignore[call-overload]
     history: list[dict[str, float]] = []
@@ -286,8 +353,9 @@ def train_fast_model(
             bar = progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0)
             for i, idx in enumerate(bar):
                 ids, mask, labels = make_batch(
-                    fm, codes, users[idx], [sequences[j] for j in idx], teacher, cfg, rng
-                )
+                    fm, codes, users[idx], [sequences[j] for j in idx], teacher, cfg, rng,
+                    None if cuts is None else [cuts[j] for j in idx],
+                )  # fmt: skip
                 ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
                 with torch.autocast(
                     device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"

@@ -13,8 +13,10 @@ from trainer.checkpoint import load_trainer_state, restore_optimizer, save_check
 from trainer.fast_trainer import (
     FastTrainConfig,
     add_dropout_hooks,
+    draw_trace_cuts,
     make_batch,
     next_token_loss,
+    train_fast_model,
 )
 from trainer.teachers import DominantPrefixTeacher
 
@@ -117,3 +119,44 @@ def test_dropout_hooks_act_in_training_only_and_come_off() -> None:
         torch.testing.assert_close(fm.model(input_ids=ids).logits, clean)
     assert not any(m._forward_hooks for m in fm.model.modules())
     assert add_dropout_hooks(fm.model, 0.0) == []
+
+
+class _BatchedTeacher:
+    """A teacher with a batched `precompute_traces`, like the reasoner's: `trace` of a history
+    that was not precomputed is an error here, so the test sees every unbatched request."""
+
+    name = "batched"
+
+    def __init__(self) -> None:
+        self.inner = DominantPrefixTeacher(CODES)
+        self.cache: dict[bytes, object] = {}
+        self.calls = 0
+
+    def precompute_traces(
+        self, histories: list[np.ndarray], *, show_progress: bool = False
+    ) -> None:
+        self.calls += 1
+        for h in histories:
+            self.cache[np.asarray(h).tobytes()] = self.inner.trace(0, h)
+
+    def trace(self, user: int, history: np.ndarray) -> object:
+        return self.cache[np.asarray(history).tobytes()]
+
+
+def test_fixed_trace_cuts_are_precomputed_in_one_batch(tmp_path: Path) -> None:
+    seqs = [(np.arange(n) + i) % 12 for i, n in enumerate((2, 5, 9, 12, 1))]  # distinct
+    cfg = FastTrainConfig(epochs=2, batch_size=2, trace_dropout=0.0, max_items=6, trace_cuts=2)
+    cuts = draw_trace_cuts(seqs, cfg, seed=0)
+    for seq, cs in zip(seqs, cuts, strict=True):
+        n = min(len(seq), cfg.max_items)
+        assert len(cs) == (0 if n < 2 else len(set(cs.tolist()))) <= 2
+        assert all(1 <= c <= n - 1 for c in cs)
+    teacher = _BatchedTeacher()
+    fm = _fm()
+    result = train_fast_model(
+        fm, CODES, np.arange(len(seqs)), seqs, teacher, cfg, tmp_path,
+        lambda _m: {"valid/recall@10": 0.0}, resume=False,
+    )  # fmt: skip
+    assert result.epochs_run == 2
+    assert teacher.calls == 1  # one batched decode; every trace() during training was a hit
+    assert len(teacher.cache) == sum(len(c) for c in cuts)
