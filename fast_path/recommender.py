@@ -8,13 +8,17 @@ A batch of requests goes through five steps, each batched across the requests:
 2. trace: one budgeted read of the trace store. A trace is used when its history fingerprint
    matches the current history (or, with `trace_max_lag`, the history minus its newest few
    events); a missing, stale, corrupt or unreadable trace degrades to no-trace mode and
-   `trace_status` says why — never an error.
+   `trace_status` says why — never an error. Steps 1–2: `fast_path.user_context`.
 3. prompt: the newest `history_window` items as SID tokens, the trace right after the items it
    was computed from (`fast_path.prompt`): at the end when it is fresh.
 4. decode: one constrained beam search per distinct `num_beams` over the whole batch, with the
    request filters (seen, blocklist, domains) as trie exclusions (`fast_path.filters`).
 5. rank: optional blending of the trace's candidates (`fast_path.blending`), top k, titles,
-   SIDs, the interest each item falls under, and an explanation on request.
+   SIDs, the interest each item falls under, and an explanation on request
+   (`fast_path.explanation`).
+
+The request and answer records live in `fast_path.records`; this module re-exports them, so
+`from fast_path.recommender import RecommendRequest, Recommendation` keeps working.
 
 Thread-safe: the model runs under a lock (one decode at a time; store reads are outside it)
 and `torch.inference_mode`. The micro-batcher (`fast_path.micro_batcher`) calls
@@ -23,11 +27,10 @@ and `torch.inference_mode`. The micro-batcher (`fast_path.micro_batcher`) calls
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,110 +38,46 @@ import numpy as np
 import torch
 
 from fast_path.beam_search import BeamSearchConfig, constrained_beam_search
-from fast_path.blending import Blended, blend
+from fast_path.blending import blend
 from fast_path.errors import EmptyHistoryError, RequestError, UnknownItemError
+from fast_path.explanation import explain, spell_items
 from fast_path.fast_model import FastModel
 from fast_path.filters import CatalogFilters, RequestFilter
 from fast_path.model_step import HFModelStep, ModelStep, SharedPrefixStep
 from fast_path.prompt import MAX_INTERESTS, TraceTokens, encode, left_pad
+from fast_path.records import (
+    HISTORY_SOURCES,
+    TRACE_STATUSES,
+    Explanation,
+    Recommendation,
+    RecommendedItem,
+    RecommendRequest,
+)
 from fast_path.settings import RecommenderSettings
-from sid_index.codes import format_sid
+from fast_path.user_context import UserContext, UserContextReader
 from sid_index.errors import ConfigError, ReasonrecError, ReleaseError
 from sid_index.release import load_release
 from sid_index.sid_index import SIDIndex
-from slow_path.errors import TraceError
 from slow_path.history_store import HistoryStore
-from slow_path.trace import DEFAULT_FINGERPRINT_WINDOW, Trace, history_fingerprint
 from slow_path.trace_store import TraceStore
 
-log = logging.getLogger(__name__)
-
-TRACE_STATUSES = ("hit", "miss", "stale", "error", "disabled")
-"""Values of `Recommendation.trace_status`; only "hit" means the trace was used."""
-HISTORY_SOURCES = ("request", "store", "error", "none")
-"""Values of `Recommendation.history_source`: the request's history, the store's, a store
-error (served as a cold start), or no history store configured (cold start)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RecommendRequest:
-    """One recommendation request."""
-
-    user_id: str
-    history: tuple[str, ...] | None = None
-    """External item ids, oldest first; None: read the user's history from the store."""
-    k: int = 10
-    """Items to return (1..k_max)."""
-    num_beams: int = 20
-    """Beam width (k <= num_beams <= beams_max)."""
-    use_trace: bool = True
-    """Read the cached trace ("thinking on"); False: no-trace mode."""
-    exclude_seen: bool = True
-    """Never return items of the history."""
-    blocklist: tuple[str, ...] = ()
-    """Item ids never to return (unknown ids are ignored)."""
-    domains: tuple[str, ...] | None = None
-    """Only items of these domains; None: every domain."""
-    explain: bool = False
-    """Attach the persona / interest explanation of the trace (when one is used)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RecommendedItem:
-    """One recommended item."""
-
-    item_id: str
-    score: float
-    """Ranking score: summed SID log-probability of the fast model, or the blend policy's."""
-    title: str
-    sid: str
-    """The item's SID spelled as tokens, e.g. "<a_1><b_2><c_3>"."""
-    source: str
-    """"fast" (decoded) or "reasoner" (blended in from the trace's candidates)."""
-    interest: str | None = None
-    """Label of the trace interest with the longest SID prefix that contains the item."""
-
-
-@dataclass(frozen=True, slots=True)
-class Explanation:
-    """Why, in the reasoner's words (from the trace)."""
-
-    persona: str
-    interests: tuple[str, ...]
-    transition: str
-
-
-@dataclass(frozen=True, slots=True)
-class Recommendation:
-    """The answer to one request."""
-
-    user_id: str
-    items: tuple[RecommendedItem, ...]
-    release_version: str
-    trace_status: str
-    """One of TRACE_STATUSES."""
-    trace_used: bool
-    explanation: Explanation | None
-    timings: dict[str, float]
-    """Seconds: "history", "trace" (the batch's store reads), "decode" (the beam search this
-    request was part of), "total" (the whole recommend call)."""
-    history_source: str = "request"
-    """One of HISTORY_SOURCES."""
+__all__ = [
+    "HISTORY_SOURCES",
+    "TRACE_STATUSES",
+    "Explanation",
+    "RecommendRequest",
+    "Recommendation",
+    "RecommendedItem",
+    "Recommender",
+]
 
 
 @dataclass(slots=True)
 class _Job:
     """Per-request working state inside one batch."""
 
-    request: RecommendRequest
-    history: list[str]
-    """Raw item ids, oldest first (what fingerprints are computed from)."""
-    history_source: str
-    known: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    """(T,) catalogue index of each raw history item, -1 for unknown ones."""
-    trace: Trace | None = None
-    trace_status: str = "disabled"
-    trace_at: int | None = None
+    ctx: UserContext
+    """History and trace (`UserContextReader`)."""
     prompt: np.ndarray | None = None
     filter: RequestFilter | None = None
     fast_items: np.ndarray | None = None
@@ -189,9 +128,13 @@ class Recommender:
         self._step = _model_step(fast_model.model, settings.decoder)
         self.history_window = _history_window(fast_model, settings.history_max, trained_window)
         """Newest history items put in a prompt."""
-        # Enough raw events to fingerprint the history as it was `trace_max_lag` events ago.
-        self._fetch_n = max(
-            self.history_window, DEFAULT_FINGERPRINT_WINDOW + settings.trace_max_lag
+        self._context = UserContextReader(
+            index.catalog,
+            index.sids.level_sizes,
+            history_store=history_store,
+            trace_store=trace_store,
+            settings=settings,
+            history_window=self.history_window,
         )
         self._lock = threading.Lock()
         self._ready = False
@@ -308,18 +251,19 @@ class Recommender:
                 valid.append(i)
             except RequestError as exc:
                 outcomes[i] = exc
-        hist_s = self._read_histories({i: requests[i] for i in valid}, jobs)
+        contexts, hist_s = self._context.read_histories({i: requests[i] for i in valid})
         for i in valid:
-            job = jobs[i]
+            ctx = contexts[i]
             # A store outage is not the client's fault: it degrades to a cold start even when
             # cold start is off for users who have no history.
-            if not self.settings.cold_start and not job.history and job.history_source != "error":
+            if not self.settings.cold_start and not ctx.history and ctx.history_source != "error":
                 outcomes[i] = EmptyHistoryError(
-                    f"user {job.request.user_id!r}: no stored history ({job.history_source}) "
+                    f"user {ctx.request.user_id!r}: no stored history ({ctx.history_source}) "
                     "and cold start is off"
                 )
-                del jobs[i]
-        trace_s = self._read_traces(list(jobs.values()))
+            else:
+                jobs[i] = _Job(ctx)
+        trace_s = self._context.read_traces([job.ctx for job in jobs.values()])
         for job in jobs.values():
             self._prepare(job)
         self._decode(list(jobs.values()))
@@ -330,105 +274,27 @@ class Recommender:
 
     # ---- steps -------------------------------------------------------------------------------
 
-    def _read_histories(
-        self, requests: dict[int, RecommendRequest], jobs: dict[int, _Job]
-    ) -> float:
-        """Fill `jobs[slot]` with each request's raw history; returns the store read's seconds."""
-        t0 = time.perf_counter()
-        stored: dict[str, list[str]] = {}
-        unread: set[str] = set()
-        need = [r.user_id for r in requests.values() if r.history is None]
-        if need and self.history_store is not None:
-            try:
-                got = self.history_store.get_many(
-                    need, self._fetch_n, self.settings.history_budget_s
-                )
-                stored, unread = got.histories, set(got.unread)
-            except ReasonrecError as exc:  # e.g. a malformed stored event
-                log.warning("history read of %d users failed: %s", len(need), exc)
-                unread = set(need)
-        elapsed = time.perf_counter() - t0 if need else 0.0
-        catalog = self.index.catalog
-        for slot, r in requests.items():
-            if r.history is not None:
-                history, source = list(r.history), "request"
-            elif self.history_store is None:
-                history, source = [], "none"
-            elif r.user_id in unread:
-                history, source = [], "error"
-            else:
-                history, source = list(stored.get(r.user_id, [])), "store"
-            known = np.fromiter(
-                (-1 if (j := catalog.get_index(i)) is None else j for i in history),
-                dtype=np.int64,
-                count=len(history),
-            )
-            jobs[slot] = _Job(r, history, source, known)
-        return elapsed
-
-    def _read_traces(self, jobs: Sequence[_Job]) -> float:
-        """Read the traces of the jobs that want one and decide whether each is usable."""
-        wanted = [j for j in jobs if j.request.use_trace and self.trace_store is not None]
-        if not wanted or self.trace_store is None:
-            return 0.0
-        t0 = time.perf_counter()
-        users = [j.request.user_id for j in wanted]
-        try:
-            got = self.trace_store.get_many(users, self.settings.trace_budget_s)
-            hits, troubled = got.hits, bool(got.errors or got.timed_out)
-        except ReasonrecError as exc:  # the store contract says it never raises; belt and braces
-            log.warning("trace read of %d users failed: %s", len(users), exc)
-            hits, troubled = {}, True
-        elapsed = time.perf_counter() - t0
-        for job in wanted:
-            trace = hits.get(job.request.user_id)
-            if trace is None:
-                # A batch cut short does not say which users it did not reach.
-                job.trace_status = "error" if troubled else "miss"
-                continue
-            job.trace_at = self._trace_cut(trace, job)
-            job.trace_status = "stale" if job.trace_at is None else "hit"
-            job.trace = trace if job.trace_at is not None else None
-        return elapsed
-
-    def _trace_cut(self, trace: Trace, job: _Job) -> int | None:
-        """Where the trace goes in the prompt window (items before it), None when stale."""
-        max_age = self.settings.trace_max_age_s
-        if max_age is not None and time.time() - trace.created_at > max_age:
-            return None
-        try:  # a trace computed against another SID index cannot be read by this model
-            trace.check_prefixes(self.index.sids.level_sizes)
-        except TraceError:
-            return None
-        n = len(job.history)
-        for lag in range(min(self.settings.trace_max_lag, n) + 1):
-            if history_fingerprint(job.history[: n - lag]) == trace.history_fingerprint:
-                known = job.known >= 0
-                before = int(known[: n - lag].sum())  # known items the trace covers
-                dropped = max(int(known.sum()) - self.history_window, 0)  # older than the window
-                return max(before - dropped, 0)
-        return None
-
     def _prepare(self, job: _Job) -> None:
         """Prompt and filter of one job."""
-        r = job.request
-        window = job.known[job.known >= 0][-self.history_window :]
+        ctx = job.ctx
+        r = ctx.request
+        window = ctx.known[ctx.known >= 0][-self.history_window :]
         tokens = None
-        if job.trace is not None:
-            interests = sorted(job.trace.interests, key=lambda i: -i.weight)[:MAX_INTERESTS]
-            tokens = TraceTokens(job.trace.persona.id, tuple(i.sid_prefix for i in interests))
-        job.prompt = encode(self.fast_model.vocab, self._codes[window], tokens, job.trace_at)
+        if ctx.trace is not None:
+            interests = sorted(ctx.trace.interests, key=lambda i: -i.weight)[:MAX_INTERESTS]
+            tokens = TraceTokens(ctx.trace.persona.id, tuple(i.sid_prefix for i in interests))
+        job.prompt = encode(self.fast_model.vocab, self._codes[window], tokens, ctx.trace_at)
         catalog = self.index.catalog
         excluded = [j for j in (catalog.get_index(i) for i in r.blocklist) if j is not None]
         if r.exclude_seen:
-            excluded.extend(job.known[job.known >= 0].tolist())
+            excluded.extend(ctx.known[ctx.known >= 0].tolist())
         job.filter = self.filters.make(excluded, r.domains)
 
     def _decode(self, jobs: Sequence[_Job]) -> None:
         """One beam search per (num_beams, chunk of max_batch) over the jobs."""
         groups: dict[int, list[_Job]] = {}
         for job in jobs:
-            groups.setdefault(job.request.num_beams, []).append(job)
+            groups.setdefault(job.ctx.request.num_beams, []).append(job)
         for beams, group in sorted(groups.items()):
             for start in range(0, len(group), self.settings.max_batch):
                 chunk = group[start : start + self.settings.max_batch]
@@ -465,9 +331,9 @@ class Recommender:
 
     def _answer(self, job: _Job, timings: dict[str, float]) -> Recommendation:
         """Blend, cut to k and spell out one job's items."""
-        r = job.request
+        r = job.ctx.request
         assert job.fast_items is not None and job.fast_scores is not None and job.filter
-        trace = job.trace
+        trace = job.ctx.trace
         cand_items = np.zeros(0, dtype=np.int64)
         cand_scores = np.zeros(0, dtype=np.float64)
         if trace is not None and trace.candidates and self.blend_policy.kind != "none":
@@ -484,55 +350,17 @@ class Recommender:
         ranked = blend(
             self.blend_policy, job.fast_items, job.fast_scores, cand_items, cand_scores, r.k
         )
-        items = self._spell(ranked, trace)
-        explanation = None
-        if r.explain and trace is not None:
-            explanation = Explanation(
-                persona=trace.persona.name,
-                interests=tuple(i.label for i in trace.interests),
-                transition=trace.transition.text,
-            )
+        items = spell_items(ranked, self._codes, self.index.catalog, trace)
+        explanation = explain(trace) if r.explain and trace is not None else None
         return Recommendation(
             user_id=r.user_id,
             items=items,
             release_version=self.release_version,
-            trace_status=job.trace_status,
+            trace_status=job.ctx.trace_status,
             trace_used=trace is not None,
             explanation=explanation,
             timings={**timings, "decode": job.decode_s},
-            history_source=job.history_source,
-        )
-
-    def _spell(self, ranked: Blended, trace: Trace | None) -> tuple[RecommendedItem, ...]:
-        catalog = self.index.catalog
-        codes = self._codes[ranked.items]  # (n, L)
-        labels: list[str | None] = [None] * len(ranked.items)
-        if trace is not None and len(ranked.items):
-            # Longest matching prefix wins: assign short prefixes first, let longer overwrite.
-            best = np.full(len(ranked.items), -1, dtype=np.int64)
-            best_len = np.zeros(len(ranked.items), dtype=np.int64)
-            for k, interest in enumerate(trace.interests):
-                p = np.asarray(interest.sid_prefix, dtype=np.int64)
-                match = (codes[:, : len(p)] == p).all(axis=1) & (len(p) > best_len)
-                best[match], best_len[match] = k, len(p)
-            labels = [trace.interests[b].label if b >= 0 else None for b in best.tolist()]
-        return tuple(
-            RecommendedItem(
-                item_id=catalog.item_ids[item],
-                score=float(score),
-                title=catalog.titles[item],
-                sid=format_sid(codes[row]),
-                source="fast" if fast else "reasoner",
-                interest=labels[row],
-            )
-            for row, (item, score, fast) in enumerate(
-                zip(
-                    ranked.items.tolist(),
-                    ranked.scores.tolist(),
-                    ranked.from_fast.tolist(),
-                    strict=True,
-                )
-            )
+            history_source=job.ctx.history_source,
         )
 
     def _warmup(self) -> None:
