@@ -115,6 +115,9 @@ def evaluate_fast(
     histories = [samples.history(int(j)) for j in idx]
     traces = None
     if teacher is not None:
+        precompute = getattr(teacher, "precompute_traces", None)
+        if precompute is not None:  # a reasoner: decode all thoughts in batches (cached)
+            precompute(histories, show_progress=show_progress)
         traces = [teacher.trace(int(user_index[j]), h) for j, h in zip(idx, histories, strict=True)]
     with torch.inference_mode():
         topk = decode_topk(

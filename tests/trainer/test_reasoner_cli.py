@@ -143,6 +143,11 @@ def test_align_resume_sft_and_eval(
         "--hidden-size", "32", "--layers", "1", "--eval-users", "12",
     ]  # fmt: skip
     assert main(fast) == 0
+    # Trained on the reasoner's own traces: fixed cuts, thoughts decoded in batches first.
+    fast[fast.index("rule")] = "reasoner"
+    assert main([*fast, "--trace-cuts", "1"]) == 0
+    fast_cfg = load_release(rel, require=["fast_model"]).manifest.configs["fast_model"]
+    assert fast_cfg["teacher"] == "reasoner" and fast_cfg["train"]["trace_cuts"] == 1
     out = tmp_path / "eval.json"
     argv = [
         "eval", "--release", str(rel), "--teachers", "none,reasoner", "--baselines", "none",
