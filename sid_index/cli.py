@@ -130,7 +130,8 @@ def _build(args: argparse.Namespace) -> int:
     writer = ReleaseWriter(args.out, version=args.version, overwrite=args.overwrite)
     with writer:
         dataset = load_dataset(args.dataset)
-        embedder = make_embedder(args.embedder, **options)
+        # Collaborative-only SIDs read no item text (e.g. catalogues of bare ids).
+        embedder = None if args.collab_weight >= 1.0 else make_embedder(args.embedder, **options)
         index = SIDIndex.build(dataset, config, embedder, sids_path=args.sids)
         index.save(writer.part_dir(PART))
         writer.set_config(

@@ -24,7 +24,8 @@ from sid_index.sid_stats import SIDStats, compute_stats
 
 _EMPTY_TEXT_HINT = (
     "; Semantic IDs are built from item text — fill in the text, or import an existing "
-    "assignment with --sids ASSIGNMENT.json"
+    "assignment with --sids ASSIGNMENT.json, or build SIDs from co-occurrence alone with "
+    "--collab-weight 1"
 )
 
 

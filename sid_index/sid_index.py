@@ -84,16 +84,17 @@ class SIDIndexConfig:
 
 
 def _with_collaborative(
-    data: Dataset | Catalog, text: np.ndarray, config: CollaborativeConfig
+    data: Dataset | Catalog, text: np.ndarray | None, config: CollaborativeConfig
 ) -> np.ndarray:
-    """Text embeddings mixed with co-occurrence embeddings of the train sequences."""
+    """Text embeddings mixed with co-occurrence embeddings of the train sequences (the latter
+    alone when `text` is None)."""
     if not isinstance(data, Dataset):
         raise ConfigError("collaborative SIDs need a dataset with interactions, not a catalogue")
     split = leave_one_out(data.interactions)
     collab = collaborative_embeddings(
         split.train_indptr, split.train_items, len(data.catalog), config
     )
-    return mix(text, collab, config.weight)
+    return collab if text is None else mix(text, collab, config.weight)
 
 
 class SIDIndex:
@@ -167,11 +168,16 @@ class SIDIndex:
                     build.sids, replace(build.stats, notes=(*build.stats.notes, note)), None
                 )
         else:
-            if embedder is None:
+            collab_only = config.collaborative.weight >= 1.0
+            if collab_only:  # no text needed (e.g. a catalogue of bare item ids)
+                embedder = None
+                emb, seconds = _with_collaborative(data, None, config.collaborative), 0.0
+            elif embedder is None:
                 raise ConfigError("building Semantic IDs needs an embedder (or import SIDs)")
-            emb, seconds = embed_catalog(catalog, embedder)
-            if config.collaborative.weight > 0:
-                emb = _with_collaborative(data, emb, config.collaborative)
+            else:
+                emb, seconds = embed_catalog(catalog, embedder)
+                if config.collaborative.weight > 0:
+                    emb = _with_collaborative(data, emb, config.collaborative)
             build = build_sids(emb, config.sids, embed_seconds=seconds)
         item_index = None
         if emb is not None:
@@ -186,7 +192,13 @@ class SIDIndex:
             embeddings=emb,
             item_index=item_index,
             quantizer=build.quantizer,
-            embedder_name=embedder.name if emb is not None and embedder is not None else None,
+            embedder_name=(
+                embedder.name
+                if emb is not None and embedder is not None
+                else "collaborative"
+                if emb is not None
+                else None
+            ),
         )
 
     @property

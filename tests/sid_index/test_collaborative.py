@@ -92,3 +92,20 @@ def test_sid_build_uses_train_parts_only_and_config_round_trips() -> None:
     assert SIDIndexConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ConfigError, match="need a dataset"):
         SIDIndex.build(a.catalog, cfg, HashingEmbedder())
+
+
+def test_collaborative_only_sids_need_no_text() -> None:
+    data = _dataset([0] * 40)
+    bare = Catalog.from_items([Item(f"i{j}", "", "") for j in range(30)])
+    data = Dataset("bare", bare, data.interactions)
+    cfg = SIDIndexConfig(
+        sids=SIDBuildConfig(rq=RQKMeansConfig(levels=(4, 4), seed=0)),
+        collaborative=CollaborativeConfig(weight=1.0, dim=4),
+    )
+    index = SIDIndex.build(data, cfg, None)
+    assert index.embedder_name == "collaborative" and index.embeddings is not None
+    assert index.embeddings.shape == (30, 4)
+    # The three planted co-consumption groups (items 0-9, 10-19, 20-29) split at level 0.
+    first = index.sids.codes[:, 0]
+    groups = [set(first[g * 10 : g * 10 + 10].tolist()) for g in range(3)]
+    assert not (groups[0] & groups[1]) and not (groups[1] & groups[2])

@@ -125,3 +125,17 @@ def test_text_less_dataset_needs_imported_sids(
     index = SIDIndex.load(load_release(out).part("sid_index"))
     np.testing.assert_array_equal(index.sids.codes[5], [1, 1])
     assert index.item_index is None
+
+
+def test_text_less_dataset_builds_collaborative_sids(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_amazon_without_text(tmp_path / "tiny")
+    out = tmp_path / "rel"
+    rc, _, err = run(capsys, "index", "build", "--dataset", str(data), "--out", str(out),
+                     "--levels", "2,2", "--collab-weight", "1")  # fmt: skip
+    assert rc == 0, err
+    index = SIDIndex.load(load_release(out).part("sid_index"))
+    assert index.embedder_name == "collaborative" and index.item_index is not None
+    assert len({tuple(r) for r in index.sids.codes.tolist()}) == 12  # unique after disambiguation
+    assert load_release(out).manifest.configs["sid_index"]["collaborative"]["weight"] == 1.0
