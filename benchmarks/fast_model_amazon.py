@@ -1,0 +1,200 @@
+"""Fast model on an Amazon dataset (leave-one-out, full catalogue), next to SASRec (by hand).
+
+    .venv/bin/python -m benchmarks.fast_model_amazon --dataset office --out /tmp/fm_office
+    .venv/bin/python -m benchmarks.fast_model_amazon --dataset beauty --sids published \
+        --out /tmp/fm_beauty --no-write
+
+Every step is a `reasonrec` command in a subprocess (1 torch thread, timed, logs in OUT/logs):
+
+1. `index build` — `--sids published` imports `<Name>.index.rq-kmeans.json` from the dataset
+   folder; `--sids ours` builds MiniLM + residual k-means SIDs (the dataset needs item text);
+2. `train fast` with the options given after `--` (the defaults below otherwise);
+3. `eval --split test` of the best checkpoint on every test user, without a trace and with
+   the training teacher's traces, plus most-popular.
+
+A step whose output exists is skipped (delete OUT to start over). SASRec's test numbers are
+read from the "Baselines" section of benchmarks/RESULTS.md (`benchmarks.baselines`), so the
+table compares against the measured, tuned baseline. Writes the section
+"Fast model on Amazon <Name>" of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.reasoner_synthetic import Runner, load_average, machine
+from benchmarks.results_file import replace_section
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+DATA = REPO.parent / "shared" / "datasets"
+NAMES = {"office": "Office", "beauty": "Beauty"}
+DEFAULT_TRAIN = [
+    "--teacher", "rule", "--epochs", "40", "--hidden-size", "128", "--layers", "2",
+    "--max-items", "20", "--hidden-dropout", "0.2", "--label-smoothing", "0.1",
+    "--eval-users", "5000", "--patience", "5",
+]  # fmt: skip
+
+
+def sasrec_row(dataset: str, results: Path = RESULTS) -> dict[str, float] | None:
+    """SASRec's test metrics for `dataset` from the Baselines section (None if absent)."""
+    if not results.is_file():
+        return None
+    text = results.read_text()
+    head = re.search(rf"^### {NAMES[dataset]} \(.*$", text, flags=re.M)
+    if head is None:
+        return None
+    m = re.search(
+        r"^\| \*\*SASRec \(full softmax\)\*\* \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|",
+        text[head.end() :],
+        flags=re.M,
+    )
+    if m is None:
+        return None
+    keys = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
+    return dict(zip(keys, map(float, m.groups()), strict=True))
+
+
+def _our_sids(manifest: dict[str, Any]) -> str:
+    """How our SIDs were built, from the release's recorded sid_index config."""
+    cfg = manifest["configs"]["sid_index"]
+    levels = ",".join(str(v) for v in cfg["sids"]["rq"]["levels"])
+    weight = cfg.get("collaborative", {}).get("weight", 0.0)
+    if weight >= 1.0:
+        source = "item co-occurrence embeddings of the train sequences alone (no item text)"
+    elif weight > 0:
+        source = (
+            f"{cfg['embedder']} text embeddings mixed with item co-occurrence embeddings of the "
+            f"train sequences (weight {weight})"
+        )
+    else:
+        source = f"{cfg['embedder']} text embeddings"
+    return f"{source}, residual k-means {levels} + a disambiguation level"
+
+
+def _table(report: dict[str, Any], sasrec: dict[str, float] | None) -> list[str]:
+    lines = ["| model | R@5 | N@5 | R@10 | N@10 |", "| --- | ---: | ---: | ---: | ---: |"]
+    rows = [(r["model"], r) for r in report["rows"]]
+    if sasrec is not None:
+        rows.append(('SASRec, full softmax (section "Baselines")', sasrec))
+    for name, r in rows:
+        cells = " | ".join(f"{r[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"))
+        lines.append(f"| {name} | {cells} |")
+    return lines
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The RESULTS.md section of one run."""
+    rep, fm = summary["eval"], summary["fast_model"]
+    lines = [
+        f"Written {summary['date']}; {summary['machine']}; load average at the end "
+        f"{summary['load']}. Leave-one-out, every test user ({rep['users']:,}), full catalogue "
+        f"({rep['catalogue']:,} items), beam {rep['beams']}, history not excluded. SIDs: "
+        f"{summary['sids']}.",
+        "",
+        *_table(rep, summary.get("sasrec")),
+        "",
+        f"- Training: best epoch {fm['best_epoch']} of {fm['epochs_run']} (early stopping on "
+        f"validation Recall@10), {fm['train_seconds'] / 60:.1f} min wall; curves "
+        f"`{summary['out']}/rel.runs/fast/curves.png`.",
+    ]
+    sas = summary.get("sasrec")
+    best = max(rep["rows"], key=lambda r: r["recall@10"])
+    if sas is not None:
+        verdict = "above" if best["recall@10"] > sas["recall@10"] else "below"
+        lines.append(
+            f"- Best fast-model row ({best['model']}) Recall@10 {best['recall@10']:.4f}: "
+            f"{verdict} SASRec's {sas['recall@10']:.4f}."
+        )
+    lines += ["", "Reproduce:", "", "```bash"]
+    lines += [step["command"] for step in summary["steps"]]
+    lines += ["```"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=sorted(NAMES), required=True)
+    p.add_argument("--sids", choices=("ours", "published"), default="ours")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--collab-weight",
+        type=float,
+        default=0.5,
+        help="with --sids ours: share of the co-occurrence embedding in the quantized vectors",
+    )
+    p.add_argument("--beams", type=int, default=20)
+    p.add_argument("--no-write", action="store_true", help="print the section only")
+    p.add_argument("train_args", nargs="*", help="`train fast` options (after --)")
+    args = p.parse_args(argv)
+    name = NAMES[args.dataset]
+    folder = DATA / args.dataset
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    rel = out / "rel"
+    runner = Runner(out)
+    manifest = rel / "manifest.json"
+    build = ["index", "build", "--dataset", f"amazon:{folder}", "--out", str(rel)]
+    if args.sids == "published":
+        build += ["--sids", str(folder / f"{name}.index.rq-kmeans.json")]
+        if not (folder / f"{name}.item.json").is_file():
+            build += ["--embedder", "hashing"]  # no item text: no embeddings either way
+    else:
+        has_text = (folder / f"{name}.item.json").is_file()
+        weight = args.collab_weight if has_text else 1.0  # no text: co-occurrence alone
+        build += ["--collab-weight", str(weight)]
+    if manifest.is_file():
+        runner.skip("index", f"{rel} exists")
+    else:
+        runner.run("index", build)
+    train = list(args.train_args or DEFAULT_TRAIN)
+    parts = json.loads(manifest.read_text()).get("parts", [])
+    if "fast_model" in parts:
+        runner.skip("train", "the release has a fast model")
+    else:
+        runner.run("train", ["train", "fast", "--release", str(rel), *train])
+    teacher = train[train.index("--teacher") + 1] if "--teacher" in train else "none"
+    teachers = "none" if teacher == "none" else f"none,{teacher}"
+    eval_json = out / "eval.json"
+    if eval_json.is_file():
+        runner.skip("eval", f"{eval_json} exists")
+    else:
+        runner.run("eval", [
+            "eval", "--release", str(rel), "--split", "test", "--teachers", teachers,
+            "--baselines", "popular", "--beams", str(args.beams), "--out", str(eval_json),
+        ])  # fmt: skip
+    release = json.loads(manifest.read_text())
+    summary = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "load": load_average(),
+        "sids": (
+            f"published `{name}.index.rq-kmeans.json`, imported"
+            if args.sids == "published"
+            else f"ours: {_our_sids(release)}"
+        ),
+        "out": str(out),
+        "eval": json.loads(eval_json.read_text()),
+        "fast_model": release["metrics"]["fast_model"],
+        "sasrec": sasrec_row(args.dataset),
+        "steps": runner.steps,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    text = markdown(summary)
+    print(text)
+    if not args.no_write:
+        heading = f"## Fast model on Amazon {name}"
+        replace_section(heading, f"{heading}\n\n{text}\n", RESULTS)
+        print(f"wrote section {heading!r} of {shlex.quote(str(RESULTS))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
