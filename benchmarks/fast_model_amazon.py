@@ -113,8 +113,9 @@ def markdown(summary: dict[str, Any]) -> str:
             f"- Best fast-model row ({best['model']}) Recall@10 {best['recall@10']:.4f}: "
             f"{verdict} SASRec's {sas['recall@10']:.4f}."
         )
+    lines += [f"- {note}" for note in summary.get("notes", [])]
     lines += ["", "Reproduce:", "", "```bash"]
-    lines += [step["command"] for step in summary["steps"]]
+    lines += summary["commands"]
     lines += ["```"]
     return "\n".join(lines)
 
@@ -132,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--beams", type=int, default=20)
     p.add_argument("--no-write", action="store_true", help="print the section only")
+    p.add_argument("--note", action="append", default=[], help="a line for the section")
     p.add_argument("train_args", nargs="*", help="`train fast` options (after --)")
     args = p.parse_args(argv)
     name = NAMES[args.dataset]
@@ -155,21 +157,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         runner.run("index", build)
     train = list(args.train_args or DEFAULT_TRAIN)
+    train_cmd = ["train", "fast", "--release", str(rel), *train]
     parts = json.loads(manifest.read_text()).get("parts", [])
     if "fast_model" in parts:
         runner.skip("train", "the release has a fast model")
     else:
-        runner.run("train", ["train", "fast", "--release", str(rel), *train])
+        runner.run("train", train_cmd)
     teacher = train[train.index("--teacher") + 1] if "--teacher" in train else "none"
     teachers = "none" if teacher == "none" else f"none,{teacher}"
     eval_json = out / "eval.json"
+    eval_cmd = [
+        "eval", "--release", str(rel), "--split", "test", "--teachers", teachers,
+        "--baselines", "popular", "--beams", str(args.beams), "--out", str(eval_json),
+    ]  # fmt: skip
     if eval_json.is_file():
         runner.skip("eval", f"{eval_json} exists")
     else:
-        runner.run("eval", [
-            "eval", "--release", str(rel), "--split", "test", "--teachers", teachers,
-            "--baselines", "popular", "--beams", str(args.beams), "--out", str(eval_json),
-        ])  # fmt: skip
+        runner.run("eval", eval_cmd)
     release = json.loads(manifest.read_text())
     summary = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -185,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fast_model": release["metrics"]["fast_model"],
         "sasrec": sasrec_row(args.dataset),
         "steps": runner.steps,
+        "commands": ["reasonrec " + shlex.join(c) for c in (build, train_cmd, eval_cmd)],
+        "notes": args.note,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     text = markdown(summary)
