@@ -24,6 +24,7 @@ import argparse
 import json
 import re
 import shlex
+import shutil
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,8 +103,7 @@ def markdown(summary: dict[str, Any]) -> str:
         *_table(rep, summary.get("sasrec")),
         "",
         f"- Training: best epoch {fm['best_epoch']} of {fm['epochs_run']} (early stopping on "
-        f"validation Recall@10), {fm['train_seconds'] / 60:.1f} min wall; curves "
-        f"`{summary['out']}/rel.runs/fast/curves.png`.",
+        f"validation Recall@10), {fm['train_seconds'] / 60:.1f} min wall; curves below.",
     ]
     sas = summary.get("sasrec")
     best = max(rep["rows"], key=lambda r: r["recall@10"])
@@ -114,7 +114,7 @@ def markdown(summary: dict[str, Any]) -> str:
             f"{verdict} SASRec's {sas['recall@10']:.4f}."
         )
     lines += [f"- {note}" for note in summary.get("notes", [])]
-    lines += ["", "Reproduce:", "", "```bash"]
+    lines += ["", f"![curves]({summary['figure']})", "", "Reproduce:", "", "```bash"]
     lines += summary["commands"]
     lines += ["```"]
     return "\n".join(lines)
@@ -175,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         runner.run("eval", eval_cmd)
     release = json.loads(manifest.read_text())
+    notes = args.note
+    previous = out / "summary.json"
+    if not notes and previous.is_file():  # a re-render keeps the run's notes
+        notes = json.loads(previous.read_text()).get("notes", [])
     summary = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
@@ -190,12 +194,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sasrec": sasrec_row(args.dataset),
         "steps": runner.steps,
         "commands": ["reasonrec " + shlex.join(c) for c in (build, train_cmd, eval_cmd)],
-        "notes": args.note,
+        "notes": notes,
+        "figure": f"figures/fast_model_{args.dataset}.png",
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     text = markdown(summary)
     print(text)
     if not args.no_write:
+        figure = RESULTS.parent / summary["figure"]
+        figure.parent.mkdir(exist_ok=True)
+        shutil.copyfile(rel.parent / f"{rel.name}.runs" / "fast" / "curves.png", figure)
         heading = f"## Fast model on Amazon {name}"
         replace_section(heading, f"{heading}\n\n{text}\n", RESULTS)
         print(f"wrote section {heading!r} of {shlex.quote(str(RESULTS))}")
