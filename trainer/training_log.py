@@ -127,6 +127,17 @@ def read_log(path: Path | str) -> list[LogRecord]:
     return records
 
 
+def last_metrics(path: Path | str, prefix: str = "valid/") -> dict[str, float]:
+    """The metrics of the last record of a log that has any `prefix` key ({} if none or no log):
+    what a finished run, resumed, reports as its final evaluation without evaluating again."""
+    if not Path(path).exists():
+        return {}
+    for rec in reversed(read_log(path)):
+        if any(k.startswith(prefix) for k in rec.metrics):
+            return dict(rec.metrics)
+    return {}
+
+
 def plot_curves(
     records: Sequence[LogRecord],
     png_path: Path | str,

@@ -52,7 +52,7 @@ from trainer.rl.prompts import RLPrompt, targets_of
 from trainer.rl.rewards import RewardConfig
 from trainer.rl.rollout import RolloutConfig, Rollouts, rollout
 from trainer.rl.scoring import ScoringBatch, TokenLogProbs, score_tokens, scoring_batch
-from trainer.training_log import MetricsLog, progress
+from trainer.training_log import MetricsLog, last_metrics, progress
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +306,8 @@ def train_rl(
     model.eval()
     final = out_dir / "final"
     policy.save(final)
+    if not last_eval:  # a finished run resumed: no step ran, report its last evaluation
+        last_eval = last_metrics(out_dir / "metrics.jsonl")
     return RLResult(step, final, time.perf_counter() - t0, history, last_eval)
 
 

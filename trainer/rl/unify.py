@@ -43,7 +43,7 @@ from trainer.rl.prompts import RLPrompt
 from trainer.rl.rewards import RewardConfig
 from trainer.rl.rollout import RolloutConfig, Rollouts, left_pad, rollout
 from trainer.rl.train_rl import PLOT_EVERY_S, plot_run, truncate_log
-from trainer.training_log import MetricsLog, progress
+from trainer.training_log import MetricsLog, last_metrics, progress
 
 log = logging.getLogger(__name__)
 
@@ -428,4 +428,6 @@ def train_mopd(
     cast(nn.Module, model).eval()
     final = out_dir / "final"
     student.save(final)
+    if not last_eval:  # a finished run resumed: no step ran, report its last evaluation
+        last_eval = last_metrics(out_dir / "metrics.jsonl")
     return MOPDResult(step, final, time.perf_counter() - t0, history, last_eval)

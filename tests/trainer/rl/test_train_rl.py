@@ -105,6 +105,13 @@ def test_rl_resumes_where_it_stopped(world, make_reasoner, tmp_path: Path) -> No
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     # Step 3 of the crashed run is not logged twice; every step has its record and evaluation.
     assert steps == [0, 1, 1, 2, 2, 3, 3, 4, 4]
+    # Resuming the finished run runs no step and evaluates nothing, but still reports the
+    # run's last evaluation (it is what gets published with the model).
+    calls.clear()
+    done = train_rl(make_reasoner(seed=3), reference, prompts, world.trie, world.codes, cfg, run,
+                    evaluate=evaluate)  # fmt: skip
+    assert calls == [] and done.steps == 4
+    assert done.last_eval == res.last_eval and done.last_eval
 
 
 def test_rl_config_and_inputs_are_checked(world, make_reasoner, tmp_path: Path) -> None:
