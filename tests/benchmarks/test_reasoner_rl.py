@@ -1,4 +1,4 @@
-"""benchmarks/reasoner_rl.py: section titles → figure names, and the section's description of
+"""benchmarks/reasoner_rl_report.py: section titles → figure names, and the section's description of
 a release taken from its manifest (synthetic and Amazon-style manifests, made up here)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.reasoner_rl import (
+from benchmarks.reasoner_rl_report import (
     OFFICE_SECTION,
     SECTION,
     anchor,
