@@ -131,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.5,
         help="with --sids ours: share of the co-occurrence embedding in the quantized vectors",
     )
+    p.add_argument("--levels", default="256,256,256", help="with --sids ours: codebook sizes")
     p.add_argument("--beams", type=int, default=20)
     p.add_argument("--no-write", action="store_true", help="print the section only")
     p.add_argument("--note", action="append", default=[], help="a line for the section")
@@ -151,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         has_text = (folder / f"{name}.item.json").is_file()
         weight = args.collab_weight if has_text else 1.0  # no text: co-occurrence alone
-        build += ["--collab-weight", str(weight)]
+        build += ["--collab-weight", str(weight), "--levels", args.levels]
     if manifest.is_file():
         runner.skip("index", f"{rel} exists")
     else:
