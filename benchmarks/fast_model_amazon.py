@@ -178,12 +178,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     release = json.loads(manifest.read_text())
     notes = args.note
     previous = out / "summary.json"
-    if not notes and previous.is_file():  # a re-render keeps the run's notes
-        notes = json.loads(previous.read_text()).get("notes", [])
-    summary = {
+    earlier = json.loads(previous.read_text()) if previous.is_file() else {}
+    if not notes:  # a re-render keeps the run's notes
+        notes = earlier.get("notes", [])
+    ran = any(not step["command"].startswith("(skipped") for step in runner.steps)
+    when = {  # date and load of the run itself, not of a re-render
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "load": load_average(),
+    }
+    if not ran and earlier:
+        when = {k: earlier[k] for k in when}
+    summary = {
+        **when,
         "sids": (
             f"published `{name}.index.rq-kmeans.json`, imported"
             if args.sids == "published"
