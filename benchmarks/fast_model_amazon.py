@@ -63,7 +63,7 @@ def sasrec_row(dataset: str, results: Path = RESULTS) -> dict[str, float] | None
     return dict(zip(keys, map(float, m.groups()), strict=True))
 
 
-def _our_sids(manifest: dict[str, Any]) -> str:
+def sids_description(manifest: dict[str, Any]) -> str:
     """How our SIDs were built, from the release's recorded sid_index config."""
     cfg = manifest["configs"]["sid_index"]
     levels = ",".join(str(v) for v in cfg["sids"]["rq"]["levels"])
@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sids": (
             f"published `{name}.index.rq-kmeans.json`, imported"
             if args.sids == "published"
-            else f"ours: {_our_sids(release)}"
+            else f"ours: {sids_description(release)}"
         ),
         "out": str(out),
         "eval": json.loads(eval_json.read_text()),
