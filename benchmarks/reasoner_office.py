@@ -30,9 +30,9 @@ from benchmarks.reasoner_synthetic import (
     load_average,
     manifest,
     ranking_table,
-    reasoner_stage,
     steps_table,
     tier_lines,
+    train_reasoner,
     write_summary,
 )
 
@@ -55,7 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = Runner(out)
     load_before = load_average()
     t0 = time.perf_counter()
-    common = ["--release", str(rel), "--threads", "1", "--batch-size", "16"]
     if manifest(rel):
         runner.skip("index", "release exists")
     else:
@@ -64,25 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ["index", "build", "--dataset", f"amazon:{args.data}", "--out", str(rel),
              "--sids", str(args.data / PUBLISHED), "--embedder", "hashing"],
         )  # fmt: skip
-    if reasoner_stage(rel) in ("align", "sft"):
-        runner.skip("align", "the release has an aligned reasoner")
-    else:
-        runner.run(
-            "align",
-            ["train", "reasoner-align", *common, "--base-model", "scratch:tiny",
-             "--epochs", str(args.align_epochs), "--lr", "1e-3", "--warmup-steps", "50",
-             "--eval-items", "200", "--max-think-tokens", str(args.think_tokens)],
-        )  # fmt: skip
-    align_metrics = dict(manifest(rel)["metrics"]["reasoner"])
-    if reasoner_stage(rel) == "sft":
-        runner.skip("sft", "the release has an SFT reasoner")
-    else:
-        runner.run(
-            "sft",
-            ["train", "reasoner-sft", *common, "--epochs", str(args.sft_epochs), "--lr", "5e-4",
-             "--think-ratio", "0.5", "--eval-users", "200", "--align-replay", args.align_replay,
-             "--max-think-tokens", str(args.think_tokens)],
-        )  # fmt: skip
+    align_metrics = train_reasoner(runner, rel, args)
     report_path = out / "eval-test.json"
     runner.run(
         "eval",

@@ -159,32 +159,10 @@ def steps_table(steps: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("/tmp/reasoner_synthetic"))
-    p.add_argument("--dataset", default="synthetic:users=2000,items=1000,seed=0")
-    p.add_argument("--levels", default="16,16")
-    p.add_argument("--align-epochs", type=int, default=2)
-    p.add_argument("--sft-epochs", type=int, default=2)
-    p.add_argument("--fast-epochs", type=int, default=5)
-    p.add_argument("--think-tokens", type=int, default=160)
-    p.add_argument("--align-replay", default="0.2", help="reasoner-sft --align-replay")
-    p.add_argument("--limit", type=int, default=500, help="test users evaluated")
-    args = p.parse_args(argv)
-    out: Path = args.out
-    rel = out / "release"
-    runner = Runner(out)
-    load_before = load_average()
-    t0 = time.perf_counter()
+def train_reasoner(runner: Runner, rel: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Align, then SFT, a scratch:tiny reasoner in `rel` (each stage skipped when the release
+    already has it); returns the metrics right after alignment (for R0/R1 before/after)."""
     common = ["--release", str(rel), "--threads", "1", "--batch-size", "16"]
-    if manifest(rel):
-        runner.skip("index", "release exists")
-    else:
-        runner.run(
-            "index",
-            ["index", "build", "--dataset", args.dataset, "--out", str(rel),
-             "--levels", args.levels],
-        )  # fmt: skip
     if reasoner_stage(rel) in ("align", "sft"):
         runner.skip("align", "the release has an aligned reasoner")
     else:
@@ -204,6 +182,35 @@ def main(argv: Sequence[str] | None = None) -> int:
              "--think-ratio", "0.5", "--eval-users", "200", "--align-replay", args.align_replay,
              "--max-think-tokens", str(args.think_tokens)],
         )  # fmt: skip
+    return align_metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("/tmp/reasoner_synthetic"))
+    p.add_argument("--dataset", default="synthetic:users=2000,items=1000,seed=0")
+    p.add_argument("--levels", default="16,16")
+    p.add_argument("--align-epochs", type=int, default=2)
+    p.add_argument("--sft-epochs", type=int, default=2)
+    p.add_argument("--fast-epochs", type=int, default=5)
+    p.add_argument("--think-tokens", type=int, default=160)
+    p.add_argument("--align-replay", default="0.2", help="reasoner-sft --align-replay")
+    p.add_argument("--limit", type=int, default=500, help="test users evaluated")
+    args = p.parse_args(argv)
+    out: Path = args.out
+    rel = out / "release"
+    runner = Runner(out)
+    load_before = load_average()
+    t0 = time.perf_counter()
+    if manifest(rel):
+        runner.skip("index", "release exists")
+    else:
+        runner.run(
+            "index",
+            ["index", "build", "--dataset", args.dataset, "--out", str(rel),
+             "--levels", args.levels],
+        )  # fmt: skip
+    align_metrics = train_reasoner(runner, rel, args)
     if "fast_model" in manifest(rel).get("parts", []):
         runner.skip("fast", "the release has a fast model")
     else:
