@@ -29,7 +29,7 @@ import torch
 from fast_path.fast_model import FastModel
 from sid_index.datasets.splits import SequenceSamples
 from sid_index.errors import ConfigError, DataError
-from trainer.fast_eval import evaluate_fast
+from trainer.fast_eval import eval_subset, evaluate_fast
 from trainer.metrics import RankingMetrics
 from trainer.pipeline import (
     Workspace,
@@ -118,20 +118,6 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
         for name in req.teachers:
             teacher = build_teacher(name, ws)
             t = time.perf_counter()
-            extra: dict[str, Any] = {}
-            if name == "reasoner":
-                from trainer.reasoner_teacher import ReasonerTeacher
-
-                assert isinstance(teacher, ReasonerTeacher)
-                # Batched thoughts first; evaluate_fast then finds every trace in the cache.
-                idx = eval_subset(len(samples), req.limit)
-                teacher.precompute_traces(
-                    [samples.history(int(j)) for j in idx], show_progress=True
-                )
-                extra = {
-                    "parseable_traces": teacher.stats.parse_rate,
-                    "trace_stats": teacher.stats.to_dict(),
-                }
             m = evaluate_fast(
                 fm,
                 ws.index.trie,
@@ -145,6 +131,10 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
                 max_items=window,
                 show_progress=True,
             )
+            extra: dict[str, Any] = {}
+            stats = getattr(teacher, "stats", None)  # the reasoner counts parse failures
+            if stats is not None:
+                extra = {"parseable_traces": stats.parse_rate, "trace_stats": stats.to_dict()}
             rows.append(
                 _row(
                     f"fast model, trace: {name}",
@@ -243,14 +233,6 @@ def to_markdown(report: dict[str, Any]) -> str:
 # -- the reasoner's tiers ----------------------------------------------------------------------
 
 _SID_RUN_RE = re.compile(r"(?:<[a-z]_\d+>)+")
-
-
-def eval_subset(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
-    """(S,) sorted sample indices evaluated under `limit` (the subset `evaluate_fast` takes)."""
-    idx = np.arange(n)
-    if limit is not None and limit < n:
-        idx = np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
-    return idx
 
 
 @dataclass(frozen=True, slots=True)

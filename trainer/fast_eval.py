@@ -86,6 +86,14 @@ def decode_topk(
     return out
 
 
+def eval_subset(n: int, limit: int | None, seed: int = 0) -> np.ndarray:
+    """(S,) sorted sample indices evaluated under `limit` (a seeded random subset)."""
+    idx = np.arange(n)
+    if limit is not None and limit < n:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
+    return idx
+
+
 def evaluate_fast(
     fm: FastModel,
     trie: SIDTrie,
@@ -109,9 +117,7 @@ def evaluate_fast(
         teacher: trace source, or None for no-trace mode.
         limit: evaluate a seeded random subset of this many samples (validation speed).
     """
-    idx = np.arange(len(samples))
-    if limit is not None and limit < len(idx):
-        idx = np.sort(np.random.default_rng(seed).choice(idx, size=limit, replace=False))
+    idx = eval_subset(len(samples), limit, seed)
     histories = [samples.history(int(j)) for j in idx]
     traces = None
     if teacher is not None:
