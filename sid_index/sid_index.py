@@ -168,8 +168,7 @@ class SIDIndex:
                     build.sids, replace(build.stats, notes=(*build.stats.notes, note)), None
                 )
         else:
-            collab_only = config.collaborative.weight >= 1.0
-            if collab_only:  # no text needed (e.g. a catalogue of bare item ids)
+            if config.collaborative.weight >= 1.0:  # no text needed (bare item ids)
                 embedder = None
                 emb, seconds = _with_collaborative(data, None, config.collaborative), 0.0
             elif embedder is None:
@@ -192,13 +191,7 @@ class SIDIndex:
             embeddings=emb,
             item_index=item_index,
             quantizer=build.quantizer,
-            embedder_name=(
-                embedder.name
-                if emb is not None and embedder is not None
-                else "collaborative"
-                if emb is not None
-                else None
-            ),
+            embedder_name=None if emb is None else embedder.name if embedder else "collaborative",
         )
 
     @property
