@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from serving.cli import main
 from sid_index.release import load_release
@@ -29,14 +27,6 @@ SFT = [
     "--batch-size", "8", "--lr", "3e-3", "--eval-users", "12", "--max-think-tokens", "12",
     "--think-ratio-per-domain", "video=0.8,ads=0.2", "--threads", "1", "--max-steps", "4",
 ]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,11 @@ in the CoT format (rendered by slow_path.cot_format), and a very small scratch r
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import torch
 
 from sid_index.codes import SemanticIDs, format_sid
 from sid_index.datasets.synthetic import SyntheticConfig, generate
@@ -75,16 +74,6 @@ def _codes(categories: list[tuple[str, ...]], rng: np.random.Generator) -> np.nd
         codes[rows, 0] = a
         codes[rows, 1:] = np.asarray(pairs)[picks]
     return codes
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """These models are tiny: one thread is as fast, and immune to a busy machine (two OpenMP
-    threads on two shared cores slow small matmuls down ~10x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,11 @@ split, RL prompts, and very small scratch reasoners (random weights) over its vo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import torch
 
 from sid_index.codes import SemanticIDs
 from sid_index.datasets.splits import LeaveOneOutSplit, leave_one_out
@@ -53,15 +52,6 @@ def _codes(categories: list[tuple[str, ...]], rng: np.random.Generator) -> np.nd
         codes[rows, 0] = a
         codes[rows, 1:] = np.asarray(pairs)[picks]
     return codes
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models: one thread is as fast and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from serving.cli import main
 from sid_index.release import ReleaseWriter, load_release
@@ -23,14 +21,6 @@ SMALL = [
     "--max-think-tokens", "4", "--max-prompts", "12", "--eval-users", "6", "--threads", "1",
     "--save-every", "0",
 ]  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
