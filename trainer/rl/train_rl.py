@@ -21,7 +21,6 @@ Resumable: `out_dir/last` (a loadable reasoner directory + optimizer + step) eve
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -51,8 +50,9 @@ from trainer.rl.grpo import GRPOConfig, LossParts, group_advantages, grpo_loss
 from trainer.rl.prompts import RLPrompt, targets_of
 from trainer.rl.rewards import RewardConfig
 from trainer.rl.rollout import RolloutConfig, Rollouts, rollout
+from trainer.rl.run_log import RunLog
 from trainer.rl.scoring import ScoringBatch, TokenLogProbs, score_tokens, scoring_batch
-from trainer.training_log import MetricsLog, last_metrics, progress
+from trainer.training_log import MetricsLog, progress
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +67,6 @@ PLOT_KEYS = (
     "train/clip_frac_item", "rollout/think_tokens", "rollout/group_hit",
 )  # fmt: skip
 """The panels of `curves.png` (plus every evaluation Recall@10 and NDCG@10)."""
-
-
-def truncate_log(path: Path, step: int) -> None:
-    """Drop records after `step` from a JSONL metrics log (the steps a crashed run did after its
-    last checkpoint are redone and logged again on resume)."""
-    if not path.is_file():
-        return
-    keep = [
-        line
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and int(json.loads(line).get("step", 0)) <= step
-    ]
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
 
 def plot_run(log: MetricsLog, png: Path, title: str, keys: Sequence[str] = PLOT_KEYS) -> None:
@@ -210,25 +197,12 @@ def train_rl(
     if resume and (last / "trainer_state.json").is_file():
         step = _restore(last, policy, opt)
         log.info("%s: resumed from %s at step %d", stage, last, step)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    truncate_log(out_dir / "metrics.jsonl", step)
-    metrics_log = MetricsLog(out_dir / "metrics.jsonl", append=step > 0)
+    run_log = RunLog(out_dir, step)
     extra = tokenizer_files(tok, policy.vocab)
-    history: list[dict[str, float]] = []
-    last_eval: dict[str, float] = {}
     t0 = time.perf_counter()
 
     def run_eval() -> None:
-        nonlocal last_eval
-        if evaluate is None:
-            return
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            last_eval = evaluate(policy)
-        model.train(was)
-        metrics_log.log(step, last_eval)
-        history.append(last_eval)
+        run_log.evaluate(step, model, None if evaluate is None else lambda: evaluate(policy))
 
     def checkpoint(done: bool) -> None:
         state = {"stage": stage, "step": step, "done": done, "config": asdict(cfg)}
@@ -284,8 +258,7 @@ def train_rl(
                 parts.append(part)
         step += 1
         record = _step_record(ro, parts, t_roll, t_update, opt)
-        metrics_log.log(step, record)
-        history.append(record)
+        run_log.record(step, record)
         bar.update(1)
         bar.set_postfix(
             reward=f"{record['reward/total']:.3f}", hit=f"{record['reward/hit_rate']:.2f}"
@@ -297,18 +270,16 @@ def train_rl(
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             run_eval()
         if time.perf_counter() - last_plot > PLOT_EVERY_S and step < cfg.steps:
-            plot_run(metrics_log, out_dir / "curves.png", stage)
+            plot_run(run_log.metrics, out_dir / "curves.png", stage)
             last_plot = time.perf_counter()
     bar.close()
     checkpoint(done=True)
-    plot_run(metrics_log, out_dir / "curves.png", stage)
-    metrics_log.close()
+    plot_run(run_log.metrics, out_dir / "curves.png", stage)
+    run_log.close()
     model.eval()
     final = out_dir / "final"
     policy.save(final)
-    if not last_eval:  # a finished run resumed: no step ran, report its last evaluation
-        last_eval = last_metrics(out_dir / "metrics.jsonl")
-    return RLResult(step, final, time.perf_counter() - t0, history, last_eval)
+    return RLResult(step, final, time.perf_counter() - t0, run_log.history, run_log.last_eval)
 
 
 def _score_all(

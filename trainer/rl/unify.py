@@ -42,8 +42,9 @@ from trainer.reasoner.tokenizer import decode, token_ids, tokenizer_files
 from trainer.rl.prompts import RLPrompt
 from trainer.rl.rewards import RewardConfig
 from trainer.rl.rollout import RolloutConfig, Rollouts, left_pad, rollout
-from trainer.rl.train_rl import PLOT_EVERY_S, plot_run, truncate_log
-from trainer.training_log import MetricsLog, last_metrics, progress
+from trainer.rl.run_log import RunLog
+from trainer.rl.train_rl import PLOT_EVERY_S, plot_run
+from trainer.training_log import progress
 
 log = logging.getLogger(__name__)
 
@@ -342,23 +343,12 @@ def train_mopd(
         if not state.get("done"):
             restore_optimizer(last, opt)
         step = int(state["step"])  # type: ignore[call-overload]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    truncate_log(out_dir / "metrics.jsonl", step)
-    metrics_log = MetricsLog(out_dir / "metrics.jsonl", append=step > 0)
+    run_log = RunLog(out_dir, step)
     extra = tokenizer_files(tok, student.vocab)
-    history: list[dict[str, float]] = []
-    last_eval: dict[str, float] = {}
     t0 = time.perf_counter()
 
     def run_eval() -> None:
-        nonlocal last_eval
-        if evaluate is None:
-            return
-        model.eval()
-        with torch.no_grad():
-            last_eval = evaluate(student)
-        metrics_log.log(step, last_eval)
-        history.append(last_eval)
+        run_log.evaluate(step, model, None if evaluate is None else lambda: evaluate(student))
 
     def checkpoint(done: bool) -> None:
         state = {"stage": "mopd", "step": step, "done": done, "config": asdict(cfg)}
@@ -410,24 +400,21 @@ def train_mopd(
         record["rollout/think_tokens"] = float(ro.think_lengths().mean())
         record["rollout/hit_rate"] = float(ro.rewards.is_hit.mean())
         record["time/step_s"] = time.perf_counter() - t_step
-        metrics_log.log(step, record)
-        history.append(record)
+        run_log.record(step, record)
         bar.update(1)
         bar.set_postfix(kl=f"{record['mopd/reverse_kl']:.3f}")
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             run_eval()
         if time.perf_counter() - last_plot > PLOT_EVERY_S and step < cfg.steps:
-            plot_run(metrics_log, out_dir / "curves.png", "mopd", plot_keys)
+            plot_run(run_log.metrics, out_dir / "curves.png", "mopd", plot_keys)
             last_plot = time.perf_counter()
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
             checkpoint(done=False)
     bar.close()
     checkpoint(done=True)
-    plot_run(metrics_log, out_dir / "curves.png", "mopd", plot_keys)
-    metrics_log.close()
+    plot_run(run_log.metrics, out_dir / "curves.png", "mopd", plot_keys)
+    run_log.close()
     cast(nn.Module, model).eval()
     final = out_dir / "final"
     student.save(final)
-    if not last_eval:  # a finished run resumed: no step ran, report its last evaluation
-        last_eval = last_metrics(out_dir / "metrics.jsonl")
-    return MOPDResult(step, final, time.perf_counter() - t0, history, last_eval)
+    return MOPDResult(step, final, time.perf_counter() - t0, run_log.history, run_log.last_eval)
