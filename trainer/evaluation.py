@@ -34,13 +34,16 @@ from trainer.metrics import RankingMetrics
 from trainer.pipeline import (
     Workspace,
     build_teacher,
+    known_personas,
     open_workspace,
     reasoner_config,
+    release_personas,
     require_reasoner,
 )
 
 if TYPE_CHECKING:
     from trainer.cot.corpus import AlignConfig, AlignSample
+    from trainer.reasoner.generate import ReasonOutput
     from trainer.reasoner.model import Reasoner
 
 BASELINES = ("popular", "sasrec")
@@ -295,6 +298,7 @@ def evaluate_reasoner(
     limit: int | None = None,
     beams: int = 20,
     batch_size: int = 16,
+    persona_labels: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The reasoner's tiers as flat metrics ("r0/...", "r1/...", "thinking/r2/...",
     "thinking/r3/...", "nothinking/r3/...").
@@ -304,6 +308,8 @@ def evaluate_reasoner(
             when only r0/r1 are asked for.
         holdout: the R0/R1 evaluation sets (required for r0/r1).
         limit: evaluate R2/R3 on a seeded subset of this many samples.
+        persona_labels: (U,) known persona id per split user (`known_personas`): R2 then
+            also reports how often the thought names the user's own persona.
     """
     from slow_path.cot_format import PromptItem
     from trainer.reasoner.evaluation import item_perception, item_to_item, recommendation
@@ -344,13 +350,41 @@ def evaluate_reasoner(
             thinking=thinking, max_think_tokens=max_think_tokens, num_answers=max(KS),
             num_beams=max(beams, max(KS)), batch_size=batch_size,
         )  # fmt: skip
-        metrics, _ = recommendation(reasoner, ws.index.trie, prompts, targets, config=config, ks=KS)
+        metrics, outputs = recommendation(
+            reasoner, ws.index.trie, prompts, targets, config=config, ks=KS
+        )
+        if thinking and persona_labels is not None:
+            truth = np.asarray(persona_labels)[samples.users[idx][order]]
+            metrics["thinking/r2/persona_match"] = persona_match(reasoner, outputs, truth)
         keep = {t_ for t_ in ("r2", "r3") if t_ in tiers}
         out.update({k: v for k, v in metrics.items() if k.split("/")[1] in keep})
         out[f"{'thinking' if thinking else 'nothinking'}/seconds"] = round(
             time.perf_counter() - t, 1
         )
     return out
+
+
+def persona_match(reasoner: Reasoner, outputs: Sequence[ReasonOutput], truth: np.ndarray) -> float:
+    """Share of thoughts whose persona is the user's known persona (unparseable: a miss)."""
+    from slow_path.cot_format import parse_completion
+
+    vocab = reasoner.vocab
+    named = [
+        parse_completion(o.text, level_sizes=vocab.level_sizes, num_personas=vocab.num_personas)
+        for o in outputs
+    ]
+    hits = [
+        p.cot is not None and p.cot.persona_id == int(t)
+        for p, t in zip(named, truth.tolist(), strict=True)
+    ]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def split_persona_labels(ws: Workspace) -> np.ndarray | None:
+    """(U,) known persona per split user when the release's personas come from labels."""
+    personas = release_personas(ws)
+    known = None if personas is None else known_personas(ws, personas)
+    return None if known is None else known[ws.split.user_index]
 
 
 def reasoner_report(ws: Workspace, samples: SequenceSamples, req: EvalRequest) -> dict[str, Any]:
@@ -374,7 +408,7 @@ def reasoner_report(ws: Workspace, samples: SequenceSamples, req: EvalRequest) -
     metrics = evaluate_reasoner(
         reasoner, ws, samples, tiers=req.tiers, modes=req.modes, holdout=holdout,
         max_history=int(cfg.get("max_history", 20)), max_think_tokens=think, limit=req.limit,
-        beams=req.beams,
+        beams=req.beams, persona_labels=split_persona_labels(ws),
     )  # fmt: skip
     return {"tiers": list(req.tiers), "modes": list(req.modes), "max_think_tokens": think} | metrics
 
@@ -403,5 +437,10 @@ def reasoner_markdown(rep: dict[str, Any]) -> str:
             f"{rep['thinking/r2/next_interest_hit']:.4f}; {rep['thinking/r2/interests']:.2f} "
             f"interests and {rep['thinking/r2/think_tokens']:.0f} thought tokens per user, "
             f"{rep['thinking/r2/budget_hit']:.1%} cut by the budget"
+        )
+    if "thinking/r2/persona_match" in rep:
+        out.append(
+            f"- R2 persona: the thought names the user's own (labelled) persona "
+            f"{rep['thinking/r2/persona_match']:.4f}"
         )
     return "\n".join(out) + "\n"

@@ -113,7 +113,20 @@ def rule_teacher(ws: Workspace, personas: PersonaModel | None = None) -> RuleTea
         personas,
         transitions=PrefixTransitions.build(ws.split.train_indptr, ws.split.train_items, ws.codes),
         item_index=ws.index.item_index,
+        known_personas=known_personas(ws, personas),
     )
+
+
+def known_personas(ws: Workspace, personas: PersonaModel) -> np.ndarray | None:
+    """(U,) the dataset's persona labels when `personas` was built from them, else None."""
+    if personas.config.source != "labels":
+        return None
+    if ws.dataset.personas is None:
+        raise ConfigError(
+            f"the persona model was built from persona labels, but dataset {ws.dataset.name!r} "
+            "has none"
+        )
+    return ws.dataset.personas
 
 
 def reasoner_config(ws: Workspace) -> dict[str, Any]:

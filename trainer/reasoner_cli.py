@@ -51,6 +51,14 @@ def add_train_commands(tsub: Any) -> None:
         help="scratch architecture overrides, e.g. num_layers=2,hidden_size=64",
     )
     align.add_argument("--personas", type=int, default=20, help="persona prototypes to fit")
+    align.add_argument(
+        "--persona-source",
+        choices=("kmeans", "labels"),
+        default="kmeans",
+        help="kmeans: cluster users' histories into --personas prototypes; labels: one "
+        "prototype per persona label the dataset carries (synthetic: the planted personas), "
+        "and the CoT teacher writes each user's own label",
+    )
     align.add_argument("--warmup-steps", type=int, default=100, help="embedding warm-up steps")
     align.add_argument("--warmup-lr", type=float, default=1e-3)
     align.add_argument("--max-history", type=int, default=20, help="history items per prompt")
@@ -206,9 +214,20 @@ def _personas(ws: Workspace, args: argparse.Namespace, work: Path) -> PersonaMod
         model = PersonaModel.load(saved)
         model.bind(features_for(ws.index.catalog, ws.codes, model.config))
         return model
+    histories = csr_histories(ws.split.train_indptr, ws.split.train_items)
+    if args.persona_source == "labels":
+        labels = ws.dataset.personas
+        if labels is None:
+            raise ConfigError(
+                f"--persona-source labels: dataset {ws.dataset.name!r} carries no persona labels"
+            )
+        config = PersonaConfig(num_personas=int(labels.max()) + 1, seed=args.seed, source="labels")
+        features = features_for(ws.index.catalog, ws.codes, config)
+        return PersonaModel.from_labels(
+            features, histories, labels[ws.split.user_index], ws.dataset.persona_names, config
+        )
     config = PersonaConfig(num_personas=args.personas, seed=args.seed)
     features = features_for(ws.index.catalog, ws.codes, config)
-    histories = csr_histories(ws.split.train_indptr, ws.split.train_items)
     return PersonaModel.fit(features, histories, config)
 
 
@@ -363,7 +382,7 @@ def _train_sft(args: argparse.Namespace) -> int:
         build_sft_corpus,
         write_jsonl,
     )
-    from trainer.evaluation import align_holdout, evaluate_reasoner
+    from trainer.evaluation import align_holdout, evaluate_reasoner, split_persona_labels
     from trainer.pipeline import (
         open_workspace,
         reasoner_config,
@@ -423,11 +442,13 @@ def _train_sft(args: argparse.Namespace) -> int:
     replay = [holdout.train[i] for i in np.sort(rng.choice(len(holdout.train), k, replace=False))]
     valid = ws.split.valid_inputs()
     train_cfg = SFTTrainConfig(**_loop_kwargs(args))
+    persona_labels = split_persona_labels(ws)
 
     def validate(r: Reasoner) -> dict[str, float]:
         return evaluate_reasoner(
             r, ws, valid, holdout=holdout, max_history=max_history,
             max_think_tokens=args.max_think_tokens, limit=args.eval_users,
+            persona_labels=persona_labels,
         )  # fmt: skip
 
     result = train_sft(

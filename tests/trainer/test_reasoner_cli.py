@@ -3,6 +3,7 @@ tiers of `reasonrec eval`, end to end on a tiny synthetic release with a very sm
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,9 +12,17 @@ import numpy as np
 import pytest
 
 from serving.cli import main
+from sid_index.datasets.registry import save_dataset
+from sid_index.datasets.synthetic import SyntheticConfig, generate
 from sid_index.release import load_release
 from slow_path.cot_format import CoT, CoTInterest, render_answer, render_cot
-from trainer.pipeline import PERSONAS_FILE, open_workspace, reasoner_teacher
+from trainer.pipeline import (
+    PERSONAS_FILE,
+    open_workspace,
+    reasoner_teacher,
+    release_personas,
+    rule_teacher,
+)
 from trainer.reasoner.model import ScratchArch, prepare_reasoner
 from trainer.reasoner_teacher import ReasonerTeacher, ReasonerTeacherConfig
 
@@ -236,3 +245,37 @@ def test_align_under_torchrun(release: Path, tmp_path: Path) -> None:
     assert metrics["align/steps"] == 3 and metrics["align_warmup/steps"] == 2
     log = rel.parent / "rel.runs/reasoner-align/full/metrics.jsonl"
     assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [3]
+
+
+def test_labelled_personas_teach_the_users_own_persona(release: Path, tmp_path: Path) -> None:
+    rel = _copy(release, tmp_path)
+    align = ["train", "reasoner-align", "--release", str(rel), *ALIGN, "--max-steps", "2"]
+    assert main([*align, "--persona-source", "labels"]) == 0
+    ws = open_workspace(rel)
+    assert ws.dataset.personas is not None
+    doc = json.loads((rel / "reasoner" / PERSONAS_FILE).read_text())
+    assert doc["config"]["source"] == "labels"
+    assert doc["names"] == ws.dataset.persona_names  # one prototype per planted persona
+    assert main(["train", "reasoner-sft", "--release", str(rel), *SFT, "--max-steps", "2"]) == 0
+    # Every thinking SFT sample names its user's planted persona, not the nearest prototype.
+    rows = [json.loads(line) for line in (rel.parent / "rel.runs/reasoner-sft/sft.jsonl").open()]
+    thinking = [r for r in rows if r["thinking"]]
+    assert len(thinking) > 10
+    for r in thinking:
+        assert f"<p_{int(ws.dataset.personas[r['user']])}>" in r["completion"]
+    nearest = rule_teacher(ws, None)
+    assert nearest.known_personas is None  # personas fitted by k-means: no labels
+    assert rule_teacher(ws, release_personas(ws)).known_personas is not None
+    metrics = load_release(rel, require=["reasoner"]).manifest.metrics["reasoner"]
+    assert 0.0 <= metrics["valid/thinking/r2/persona_match"] <= 1.0
+
+
+def test_labelled_personas_need_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ds = generate(SyntheticConfig(num_users=60, num_items=80, seed=2))
+    data = save_dataset(dataclasses.replace(ds, personas=None, persona_names=None), tmp_path / "d")
+    rel = tmp_path / "rel"
+    build = ["index", "build", "--dataset", str(data), "--out", str(rel), "--levels", "4,4"]
+    assert main([*build, "--embedder", "hashing"]) == 0
+    align = ["train", "reasoner-align", "--release", str(rel), *ALIGN, "--max-steps", "1"]
+    assert main([*align, "--persona-source", "labels"]) == 2
+    assert "carries no persona labels" in capsys.readouterr().err

@@ -30,6 +30,7 @@ FORMAT_VERSION = 1
 _USER_CHUNK = 65536  # users per histogram chunk: bounds the (chunk, F) float64 buffer
 _MAX_NAME_FEATURES = 2
 _MAX_DESC_FEATURES = 4
+PERSONA_SOURCES = ("kmeans", "labels")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +56,16 @@ class PersonaConfig:
     """Fit on a seeded sample of at most this many users (assignment covers everyone)."""
     seed: int = 0
     """Seed of the user sample and of k-means."""
+    source: str = "kmeans"
+    """"kmeans": prototypes discovered by clustering users' histograms. "labels": one prototype
+    per known persona label (e.g. the synthetic generator's planted personas, or an LLM's
+    persona annotation), its centroid the mean histogram of the users that carry it; the CoT
+    teacher then writes each training user's *own* label, so the reasoner learns to infer
+    the persona from the history (`PersonaModel.from_labels`)."""
 
     def __post_init__(self) -> None:
+        if self.source not in PERSONA_SOURCES:
+            raise ConfigError(f"{self.source=} must be one of {', '.join(PERSONA_SOURCES)}")
         for name in ("num_personas", "category_depth", "max_features", "n_init", "n_iter"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
@@ -217,6 +226,43 @@ class PersonaModel:
         )  # fmt: skip
         names, descs = _name_prototypes(features, hist, labels, config.num_personas)
         return cls(config, features.keys, cent, names, descs, features)
+
+    @classmethod
+    def from_labels(
+        cls,
+        features: ItemFeatures,
+        histories: Sequence[np.ndarray],
+        labels: np.ndarray,
+        names: Sequence[str] | None,
+        config: PersonaConfig,
+    ) -> PersonaModel:
+        """One prototype per known persona label: the centroid of its users' histograms.
+
+        Args:
+            histories: one history per user (catalogue indices).
+            labels: (U,) persona id per user, in [0, config.num_personas).
+            names: readable name per persona id (None: named from the histograms, as `fit`).
+        """
+        labels = np.asarray(labels, dtype=np.int64)
+        k = config.num_personas
+        if labels.shape != (len(histories),):
+            raise DataError(f"{labels.shape=} does not match {len(histories)} histories")
+        if len(labels) and (labels.min() < 0 or labels.max() >= k):
+            raise DataError(
+                f"persona labels must lie in [0, {k}); got {labels.min()}..{labels.max()}"
+            )
+        if names is not None and len(names) != k:
+            raise DataError(f"{len(names)} persona names for {k} personas")
+        hist = user_histograms(features, histories, config.half_life)  # (U, F)
+        has = hist.sum(axis=1) > 0
+        root = np.sqrt(hist)
+        cent = np.zeros((k, hist.shape[1]))
+        counts = np.bincount(labels[has], minlength=k)
+        np.add.at(cent, labels[has], root[has])
+        cent /= np.maximum(counts, 1)[:, None]
+        auto_names, descs = _name_prototypes(features, hist[has], labels[has], k)
+        final = [str(n) for n in names] if names is not None else auto_names
+        return cls(config, features.keys, cent, final, descs, features)
 
     def vectors(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         """(U, F_model) square-root histograms of histories in the model's feature space."""

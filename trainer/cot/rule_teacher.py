@@ -108,6 +108,7 @@ class RuleTeacher:
         transitions: PrefixTransitions | None = None,
         item_index: ItemIndex | None = None,
         config: RuleTeacherConfig | None = None,
+        known_personas: np.ndarray | None = None,
     ) -> None:
         """
         Args:
@@ -117,6 +118,10 @@ class RuleTeacher:
             transitions: prefix transition statistics of the *training* sequences (None: the
                 expansion and the next-interest prediction use the history alone).
             item_index: FAISS nearest items for the expansion (None: not used).
+            known_personas: (U,) persona id per user index, when the data carries them (a
+                `PersonaConfig(source="labels")` model): the persona part names the user's own
+                persona instead of the history's nearest prototype (users outside the array,
+                or with a negative id, fall back to the nearest prototype).
         """
         codes = np.asarray(codes, dtype=np.int64)
         if codes.ndim != 2 or codes.shape[1] < 2 or len(codes) != len(catalog):
@@ -124,6 +129,18 @@ class RuleTeacher:
         self.catalog = catalog
         self.codes = codes
         self.personas = personas
+        self.known_personas = (
+            None if known_personas is None else np.asarray(known_personas, dtype=np.int64)
+        )
+        if (
+            self.known_personas is not None
+            and len(self.known_personas)
+            and (int(self.known_personas.max()) >= personas.num_personas)
+        ):
+            raise ConfigError(
+                f"known persona ids reach {int(self.known_personas.max())}, the persona model "
+                f"has {personas.num_personas}"
+            )
         self.labels = labels if labels is not None else PrefixLabels.build(catalog, codes)
         self.transitions = transitions
         self.item_index = item_index
@@ -166,6 +183,13 @@ class RuleTeacher:
         )
 
     # -- the three parts ----------------------------------------------------------------------
+
+    def _persona(self, user: int, history: np.ndarray) -> int:
+        """The user's known persona when there is one, else the history's nearest prototype."""
+        known = self.known_personas
+        if known is not None and 0 <= user < len(known) and known[user] >= 0:
+            return int(known[user])
+        return self.personas.assign(history)
 
     def _history_interests(self, history: np.ndarray) -> list[_Hypothesis]:
         """Interests held by the history, best first."""
@@ -285,7 +309,7 @@ class RuleTeacher:
         interests = tuple(
             CoTInterest(h.prefix, h.share / total, self.labels.label(h.prefix)) for h in hyps
         )
-        persona = self.personas.assign(history)
+        persona = self._persona(user, history)
         cot = CoT(
             persona_id=persona,
             persona_name=self.personas.title(persona),
@@ -304,4 +328,4 @@ class RuleTeacher:
         if len(history) == 0:
             return None
         hyps = self._interests(history)
-        return TraceTokens(self.personas.assign(history), tuple(h.prefix for h in hyps))
+        return TraceTokens(self._persona(user, history), tuple(h.prefix for h in hyps))

@@ -132,3 +132,42 @@ def test_kmeans_separates_obvious_clusters_and_validates() -> None:
         PersonaConfig(num_personas=0)
     with pytest.raises(ConfigError, match="half_life"):
         PersonaConfig(half_life=0)
+
+
+def test_personas_from_labels_centre_each_label_and_round_trip(world: Any, tmp_path: Path) -> None:
+    ds = world.dataset
+    assert ds.personas is not None and ds.persona_names is not None
+    k = int(ds.personas.max()) + 1
+    cfg = PersonaConfig(num_personas=k, source="labels")
+    feats = features_for(ds.catalog, world.codes, cfg)
+    hists = histories_from(ds.interactions)
+    model = PersonaModel.from_labels(feats, hists, ds.personas, ds.persona_names, cfg)
+    assert model.names == ds.persona_names and model.num_personas == k
+    # Each centroid is the mean square-root histogram of the users carrying that label.
+    root = np.sqrt(user_histograms(feats, hists))
+    for p in (0, k - 1):
+        np.testing.assert_allclose(model.centroids[p], root[ds.personas == p].mean(axis=0))
+    # The labelled prototypes recover the planted persona from the history far above chance.
+    accuracy = float(np.mean(model.assign_many(hists) == ds.personas))
+    assert accuracy > 0.5 > 5 / k
+    model.save(tmp_path / "p.json")
+    loaded = PersonaModel.load(tmp_path / "p.json", feats)
+    assert loaded.config.source == "labels" and loaded.names == model.names
+    # Without names the prototypes are named from their users' histograms, as `fit` does.
+    unnamed = PersonaModel.from_labels(feats, hists, ds.personas, None, cfg)
+    assert len(set(unnamed.names)) == k
+
+
+def test_personas_from_labels_reject_bad_labels(world: Any) -> None:
+    ds = world.dataset
+    cfg = PersonaConfig(num_personas=3, source="labels")
+    feats = features_for(ds.catalog, world.codes, cfg)
+    hists = histories_from(ds.interactions)[:4]
+    with pytest.raises(DataError, match="must lie in"):
+        PersonaModel.from_labels(feats, hists, np.array([0, 1, 2, 3]), None, cfg)
+    with pytest.raises(DataError, match="does not match"):
+        PersonaModel.from_labels(feats, hists, np.array([0, 1]), None, cfg)
+    with pytest.raises(DataError, match="names"):
+        PersonaModel.from_labels(feats, hists, np.array([0, 1, 2, 0]), ["a"], cfg)
+    with pytest.raises(ConfigError, match="source"):
+        PersonaConfig(source="oracle")

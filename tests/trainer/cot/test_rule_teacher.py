@@ -218,3 +218,33 @@ def _personas(world: Any) -> Any:
 
 def _bare_teacher(world: Any, config: RuleTeacherConfig) -> RuleTeacher:
     return RuleTeacher(world.dataset.catalog, world.codes, _personas(world), config=config)
+
+
+def test_known_personas_name_the_users_own_persona(rule_teacher: RuleTeacher, world: Any) -> None:
+    personas = rule_teacher.personas
+    s = world.split
+    users = [int(u) for u in s.user_index[:6]]
+    known = np.full(int(s.user_index.max()) + 1, -1, dtype=np.int64)
+    # Give each user a persona its history would not be assigned, except the last: unknown.
+    histories = [s.train_items[s.train_indptr[i] : s.train_indptr[i + 1]] for i in range(6)]
+    nearest = [personas.assign(h) for h in histories]
+    for u, near in zip(users[:5], nearest[:5], strict=True):
+        known[u] = (near + 1) % personas.num_personas
+    teacher = RuleTeacher(
+        world.dataset.catalog, world.codes, personas, item_index=world.index,
+        known_personas=known,
+    )  # fmt: skip
+    for i, (u, h) in enumerate(zip(users, histories, strict=True)):
+        want = int(known[u]) if i < 5 else nearest[i]
+        out = teacher.explain(u, h, None)
+        assert out is not None and out.cot.persona_id == want
+        assert out.cot.persona_name == personas.title(want)
+        trace = teacher.trace(u, h)
+        assert trace is not None and trace.persona_id == want
+    # A user outside the labelled range falls back to the nearest prototype too.
+    assert teacher.trace(len(known) + 5, histories[0]).persona_id == nearest[0]
+    with pytest.raises(ConfigError, match="known persona ids"):
+        RuleTeacher(
+            world.dataset.catalog, world.codes, personas,
+            known_personas=np.array([personas.num_personas]),
+        )  # fmt: skip
