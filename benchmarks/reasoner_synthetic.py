@@ -170,7 +170,8 @@ def train_reasoner(runner: Runner, rel: Path, args: argparse.Namespace) -> dict[
             "align",
             ["train", "reasoner-align", *common, "--base-model", "scratch:tiny",
              "--epochs", str(args.align_epochs), "--lr", "1e-3", "--warmup-steps", "50",
-             "--eval-items", "200", "--max-think-tokens", str(args.think_tokens)],
+             "--eval-items", "200", "--max-think-tokens", str(args.think_tokens),
+             "--persona-source", getattr(args, "persona_source", "kmeans")],
         )  # fmt: skip
     align_metrics = dict(manifest(rel)["metrics"]["reasoner"])
     if reasoner_stage(rel) == "sft":
@@ -196,6 +197,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--think-tokens", type=int, default=160)
     p.add_argument("--align-replay", default="0.2", help="reasoner-sft --align-replay")
     p.add_argument("--limit", type=int, default=500, help="test users evaluated")
+    p.add_argument(
+        "--persona-source",
+        choices=("kmeans", "labels"),
+        default="kmeans",
+        help="reasoner-align --persona-source (labels: the planted personas teach the persona)",
+    )
+    p.add_argument(
+        "--fast-window", type=int, default=30, help="train fast --max-items (history items)"
+    )
+    p.add_argument(
+        "--fast-teacher", choices=("rule", "reasoner"), default="rule", help="train fast --teacher"
+    )
     args = p.parse_args(argv)
     out: Path = args.out
     rel = out / "release"
@@ -216,8 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         runner.run(
             "fast",
-            ["train", "fast", "--release", str(rel), "--teacher", "rule",
-             "--epochs", str(args.fast_epochs), "--eval-users", "500"],
+            ["train", "fast", "--release", str(rel), "--teacher", args.fast_teacher,
+             "--epochs", str(args.fast_epochs), "--eval-users", "500",
+             "--max-items", str(args.fast_window)],
         )  # fmt: skip
     report_path = out / "eval-test.json"
     runner.run(
@@ -226,7 +240,10 @@ def main(argv: Sequence[str] | None = None) -> int:
          "--baselines", "popular", "--tiers", "r0,r1,r2,r3", "--modes", "thinking,nonthinking",
          "--limit", str(args.limit), "--out", str(report_path)],
     )  # fmt: skip
-    write_summary(out, report_path, rel, runner, t0, load_before, align_metrics, markdown)
+    command = shlex.join(["python", "-m", "benchmarks.reasoner_synthetic", *(argv or sys.argv[1:])])
+    write_summary(
+        out, report_path, rel, runner, t0, load_before, align_metrics, markdown, command=command
+    )
     return 0
 
 
@@ -239,6 +256,7 @@ def write_summary(
     load_before: Any,
     align_metrics: Any,
     render: Callable[[dict[str, Any]], str],
+    command: str = "",
 ) -> None:
     """Write OUT/summary.json of a run (machine, load, wall time, steps, metrics, eval report)
     and print its RESULTS.md subsection, rendered by `render`."""
@@ -252,6 +270,7 @@ def write_summary(
         "align_metrics": align_metrics,
         "release_metrics": manifest(rel)["metrics"],
         "eval": json.loads(report_path.read_text()),
+        "command": command,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(render(summary))
@@ -281,6 +300,11 @@ def markdown(summary: dict[str, Any]) -> str:
             f"- Reasoner traces vs no trace, same fast model and users: Recall@10 "
             f"{traced['recall@10']:.4f} vs {none['recall@10']:.4f} ({delta:+.4f})."
         )
+    if "thinking/r2/persona_match" in rep:
+        lines.append(
+            f"- The reasoner's thought names the user's own (planted) persona for "
+            f"{rep['thinking/r2/persona_match']:.1%} of the test users."
+        )
     lines += [
         "",
         *steps_table(summary["steps"]),
@@ -288,7 +312,7 @@ def markdown(summary: dict[str, Any]) -> str:
         f"Machine: {summary['machine']}; shared with other jobs (1-min load average before, "
         f"after: {summary['load_average_before']}, {summary['load_average_after']}). Date: "
         f"{summary['date']}. Total wall time {summary['wall_s'] / 60:.0f} min. Reproduce: "
-        f"`.venv/bin/python -m benchmarks.reasoner_synthetic`.",
+        f"`.venv/bin/{summary.get('command') or 'python -m benchmarks.reasoner_synthetic'}`.",
     ]
     return "\n".join(lines) + "\n"
 
