@@ -102,7 +102,7 @@ def _think(args: argparse.Namespace, manifest: Mapping[str, Any]) -> int:
 def stage_base(args: argparse.Namespace) -> None:
     from sid_index.release import ReleaseWriter
     from trainer.cot.corpus import AlignConfig, CorpusConfig, build_align_corpus, build_sft_corpus
-    from trainer.pipeline import build_teacher, open_workspace
+    from trainer.pipeline import PERSONAS_FILE, fit_personas, open_workspace, rule_teacher
     from trainer.reasoner.align import AlignTrainConfig, train_align
     from trainer.reasoner.model import load_reasoner, prepare_reasoner
     from trainer.reasoner.sft import SFTTrainConfig, train_sft
@@ -123,10 +123,10 @@ def stage_base(args: argparse.Namespace) -> None:
         _log("base: release already has a reasoner")
         return
     t = time.perf_counter()
-    teacher = build_teacher("rule", ws)
-    assert teacher is not None
+    personas = fit_personas(ws, args.persona_source)
+    teacher = rule_teacher(ws, personas)
     sft = build_sft_corpus(
-        ws.split, ws.index.catalog, ws.codes, teacher,  # type: ignore[arg-type]
+        ws.split, ws.index.catalog, ws.codes, teacher,
         CorpusConfig(
             cuts_per_user=args.cuts, max_history=MAX_HISTORY,
             default_thinking_ratio=BASE_THINKING_RATIO,
@@ -134,7 +134,7 @@ def stage_base(args: argparse.Namespace) -> None:
     )  # fmt: skip
     align = build_align_corpus(ws.split, ws.index.catalog, ws.codes, AlignConfig())
     timings["corpus_s"] = time.perf_counter() - t
-    num_personas = teacher.personas.num_personas  # type: ignore[attr-defined]
+    num_personas = personas.num_personas
     _log(f"base: {len(sft)} SFT samples, {len(align)} align samples, {num_personas} personas")
     pairs: list[Any] = [*sft, *align]
     texts = [s.prompt + s.completion for s in pairs] + ws.index.catalog.texts
@@ -157,11 +157,15 @@ def stage_base(args: argparse.Namespace) -> None:
     res_s = train_sft(reasoner, sft, sft_cfg, work / "sft")
     timings["sft_s"] = time.perf_counter() - t
     with ReleaseWriter(release, base=ws.release) as writer:
-        reasoner.save(writer.part_dir("reasoner"))
+        part = writer.part_dir("reasoner")
+        reasoner.save(part)
+        # The prototypes behind the `<p_k>` tokens, for the rule teacher, slow path and eval.
+        personas.save(part / PERSONAS_FILE)
         writer.set_config(
             "reasoner",
             {"base": "scratch:tiny", "align": _asdict(align_cfg), "sft": _asdict(sft_cfg),
-             "num_personas": num_personas, "max_history": MAX_HISTORY, "sft_teacher": "rule",
+             "num_personas": num_personas, "persona_source": args.persona_source,
+             "max_history": MAX_HISTORY, "sft_teacher": "rule",
              "sft_corpus": {"default_thinking_ratio": BASE_THINKING_RATIO}},
         )  # fmt: skip
         writer.set_metrics(
@@ -336,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     base.add_argument("--dataset", default=DATASET)
     base.add_argument("--cuts", type=int, default=3, help="SFT cut points per user")
     base.add_argument("--sft-epochs", type=int, default=2)
+    base.add_argument(
+        "--persona-source",
+        choices=("kmeans", "labels"),
+        default="kmeans",
+        help="persona prototypes: k-means, or the dataset's persona labels (synthetic: planted)",
+    )
     think_help = "thought budget in tokens (default: the SFT reasoner's, else 128)"
     rl = sub.add_parser("rl", help="one domain's expert (GRPO) into W/release/reasoner_rl/D")
     rl.add_argument("--work", type=Path, required=True)

@@ -117,6 +117,30 @@ def rule_teacher(ws: Workspace, personas: PersonaModel | None = None) -> RuleTea
     )
 
 
+def fit_personas(
+    ws: Workspace, source: str = "kmeans", num_personas: int = 20, seed: int = 0
+) -> PersonaModel:
+    """Persona prototypes on the train split: k-means over users' histories ("kmeans",
+    `num_personas` of them) or one per persona label the dataset carries ("labels")."""
+    from trainer.cot.personas import PersonaConfig, PersonaModel, csr_histories, features_for
+
+    histories = csr_histories(ws.split.train_indptr, ws.split.train_items)
+    if source == "labels":
+        labels = ws.dataset.personas
+        if labels is None:
+            raise ConfigError(
+                f"persona source 'labels': dataset {ws.dataset.name!r} carries no persona labels"
+            )
+        config = PersonaConfig(num_personas=int(labels.max()) + 1, seed=seed, source="labels")
+        features = features_for(ws.index.catalog, ws.codes, config)
+        return PersonaModel.from_labels(
+            features, histories, labels[ws.split.user_index], ws.dataset.persona_names, config
+        )
+    config = PersonaConfig(num_personas=num_personas, seed=seed, source=source)
+    features = features_for(ws.index.catalog, ws.codes, config)
+    return PersonaModel.fit(features, histories, config)
+
+
 def known_personas(ws: Workspace, personas: PersonaModel) -> np.ndarray | None:
     """(U,) the dataset's persona labels when `personas` was built from them, else None."""
     if personas.config.source != "labels":

@@ -207,28 +207,15 @@ def _scratch_arch(base: str, overrides: str) -> Any:
 
 def _personas(ws: Workspace, args: argparse.Namespace, work: Path) -> PersonaModel:
     """Persona prototypes fitted on the train split (reused from `work` when resuming)."""
-    from trainer.cot.personas import PersonaConfig, PersonaModel, csr_histories, features_for
+    from trainer.cot.personas import PersonaModel, features_for
+    from trainer.pipeline import fit_personas
 
     saved = work / "personas.json"
     if saved.is_file() and not args.no_resume:
         model = PersonaModel.load(saved)
         model.bind(features_for(ws.index.catalog, ws.codes, model.config))
         return model
-    histories = csr_histories(ws.split.train_indptr, ws.split.train_items)
-    if args.persona_source == "labels":
-        labels = ws.dataset.personas
-        if labels is None:
-            raise ConfigError(
-                f"--persona-source labels: dataset {ws.dataset.name!r} carries no persona labels"
-            )
-        config = PersonaConfig(num_personas=int(labels.max()) + 1, seed=args.seed, source="labels")
-        features = features_for(ws.index.catalog, ws.codes, config)
-        return PersonaModel.from_labels(
-            features, histories, labels[ws.split.user_index], ws.dataset.persona_names, config
-        )
-    config = PersonaConfig(num_personas=args.personas, seed=args.seed)
-    features = features_for(ws.index.catalog, ws.codes, config)
-    return PersonaModel.fit(features, histories, config)
+    return fit_personas(ws, args.persona_source, args.personas, args.seed)
 
 
 def _cot_texts(ws: Workspace, teacher: RuleTeacher, max_history: int) -> list[str]:
