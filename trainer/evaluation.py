@@ -43,7 +43,6 @@ from trainer.pipeline import (
 
 if TYPE_CHECKING:
     from trainer.cot.corpus import AlignConfig, AlignSample
-    from trainer.reasoner.generate import ReasonOutput
     from trainer.reasoner.model import Reasoner
 
 BASELINES = ("popular", "sasrec")
@@ -312,7 +311,12 @@ def evaluate_reasoner(
             also reports how often the thought names the user's own persona.
     """
     from slow_path.cot_format import PromptItem
-    from trainer.reasoner.evaluation import item_perception, item_to_item, recommendation
+    from trainer.reasoner.evaluation import (
+        item_perception,
+        item_to_item,
+        persona_match,
+        recommendation,
+    )
     from trainer.reasoner.generate import ReasonConfig
 
     check_reasoner_tiers(tiers, modes)
@@ -355,29 +359,13 @@ def evaluate_reasoner(
         )
         if thinking and persona_labels is not None:
             truth = np.asarray(persona_labels)[samples.users[idx][order]]
-            metrics["thinking/r2/persona_match"] = persona_match(reasoner, outputs, truth)
+            metrics["thinking/r2/persona_match"] = persona_match(outputs, truth, reasoner)
         keep = {t_ for t_ in ("r2", "r3") if t_ in tiers}
         out.update({k: v for k, v in metrics.items() if k.split("/")[1] in keep})
         out[f"{'thinking' if thinking else 'nothinking'}/seconds"] = round(
             time.perf_counter() - t, 1
         )
     return out
-
-
-def persona_match(reasoner: Reasoner, outputs: Sequence[ReasonOutput], truth: np.ndarray) -> float:
-    """Share of thoughts whose persona is the user's known persona (unparseable: a miss)."""
-    from slow_path.cot_format import parse_completion
-
-    vocab = reasoner.vocab
-    named = [
-        parse_completion(o.text, level_sizes=vocab.level_sizes, num_personas=vocab.num_personas)
-        for o in outputs
-    ]
-    hits = [
-        p.cot is not None and p.cot.persona_id == int(t)
-        for p, t in zip(named, truth.tolist(), strict=True)
-    ]
-    return float(np.mean(hits)) if hits else 0.0
 
 
 def split_persona_labels(ws: Workspace) -> np.ndarray | None:

@@ -181,6 +181,19 @@ def interest_metrics(
     }
 
 
+def persona_match(outputs: Sequence[ReasonOutput], truth: np.ndarray, reasoner: Reasoner) -> float:
+    """R2 persona: share of thoughts that name the user's known persona (`truth`, one id per
+    output); an unparseable thought or one without a persona counts as a miss."""
+    vocab = reasoner.vocab
+    hits = []
+    for o, t in zip(outputs, np.asarray(truth).tolist(), strict=True):
+        cot = parse_completion(
+            o.text, level_sizes=vocab.level_sizes, num_personas=vocab.num_personas
+        ).cot
+        hits.append(cot is not None and cot.persona_id == int(t))
+    return float(np.mean(hits)) if hits else 0.0
+
+
 def recommendation(
     reasoner: Reasoner,
     trie: SIDTrie,

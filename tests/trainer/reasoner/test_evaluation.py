@@ -16,6 +16,7 @@ from trainer.reasoner.evaluation import (
     interest_metrics,
     item_perception,
     item_to_item,
+    persona_match,
     random_hit_rate,
     recommendation,
 )
@@ -99,6 +100,16 @@ def test_r2_interest_metrics_on_known_thoughts(make_reasoner) -> None:
     assert m["r2/interest_hit"] == pytest.approx(2 / 3)
     assert m["r2/next_interest_hit"] == pytest.approx(1 / 3)
     assert m["r2/interests"] == pytest.approx(4 / 3)
+
+
+def test_r2_persona_match_counts_the_users_own_persona(make_reasoner) -> None:
+    r = make_reasoner()
+    interest = (CoTInterest((2,), 1.0, "x"),)
+    texts = [render_cot(CoT(p, "p", interest, 0, "r")) + render_answer((2, 1, 5)) for p in (1, 3)]
+    outputs = [_output(t) for t in [*texts, "no thought at all"]]
+    assert persona_match(outputs, np.array([1, 1, 1]), r) == pytest.approx(1 / 3)
+    assert persona_match(outputs, np.array([1, 3, 0]), r) == pytest.approx(2 / 3)
+    assert persona_match([], np.zeros(0, dtype=np.int64), r) == 0.0
 
 
 @pytest.mark.parametrize("thinking", [True, False])
