@@ -143,10 +143,16 @@ def start_sentence(manifest: Mapping[str, Any], arch: Mapping[str, Any]) -> str:
         if ours
         else "as the release has it (`reasonrec train reasoner-align`, `reasoner-sft`)"
     )
+    personas = (
+        "; its persona part names each user's own labelled persona (`--persona-source labels`)"
+        if cfg.get("persona_source") == "labels"
+        else ""
+    )
     return (
         f"Start: a `{model}` reasoner ({layers} layers × {hidden}) after itemic alignment "
         f"({epochs('align')}, {align}) and CoT SFT with the "
-        f"{cfg.get('sft_teacher', 'rule' if ours else '?')} teacher ({', '.join(sft)}), {built}."
+        f"{cfg.get('sft_teacher', 'rule' if ours else '?')} teacher ({', '.join(sft)}{personas}), "
+        f"{built}."
     )
 
 

@@ -180,7 +180,9 @@ def train_reasoner(runner: Runner, rel: Path, args: argparse.Namespace) -> dict[
         runner.run(
             "sft",
             ["train", "reasoner-sft", *common, "--epochs", str(args.sft_epochs), "--lr", "5e-4",
-             "--think-ratio", "0.5", "--eval-users", "200", "--align-replay", args.align_replay,
+             "--think-ratio", str(getattr(args, "think_ratio", 0.5)),
+             "--cuts-per-user", str(getattr(args, "sft_cuts", 1)),
+             "--eval-users", "200", "--align-replay", args.align_replay,
              "--max-think-tokens", str(args.think_tokens)],
         )  # fmt: skip
     return align_metrics
@@ -195,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sft-epochs", type=int, default=2)
     p.add_argument("--fast-epochs", type=int, default=5)
     p.add_argument("--think-tokens", type=int, default=160)
+    p.add_argument("--think-ratio", type=float, default=0.5, help="reasoner-sft --think-ratio")
+    p.add_argument("--sft-cuts", type=int, default=1, help="reasoner-sft --cuts-per-user")
     p.add_argument("--align-replay", default="0.2", help="reasoner-sft --align-replay")
     p.add_argument("--limit", type=int, default=500, help="test users evaluated")
     p.add_argument(

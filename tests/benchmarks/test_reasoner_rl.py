@@ -78,6 +78,9 @@ def test_synthetic_description_keeps_the_old_facts() -> None:
         "81 s) and CoT SFT with the rule teacher (2 epochs, half the samples thinking, 558 s), "
         "built by `python -m benchmarks.reasoner_rl base`."
     )
+    m["configs"]["reasoner"]["persona_source"] = "labels"
+    labelled = start_sentence(m, {"num_hidden_layers": 4, "hidden_size": 256})
+    assert "558 s; its persona part names each user's own labelled persona" in labelled
 
 
 def test_office_description_comes_from_the_manifest() -> None:
