@@ -30,7 +30,7 @@ from fast_path.fast_model import FastModel
 from sid_index.datasets.splits import SequenceSamples
 from sid_index.errors import ConfigError, DataError
 from trainer.fast_eval import eval_subset, evaluate_fast
-from trainer.metrics import RankingMetrics
+from trainer.metrics import RankingMetrics, paired_difference
 from trainer.pipeline import (
     Workspace,
     build_teacher,
@@ -100,6 +100,16 @@ def check_reasoner_tiers(tiers: Sequence[str], modes: Sequence[str]) -> None:
         raise ConfigError("reasoner tiers r2/r3 need at least one mode (thinking, nonthinking)")
 
 
+def versus(a: RankingMetrics, b: RankingMetrics) -> dict[str, float]:
+    """`a - b` at the largest cut-off, paired over the same users, with standard errors."""
+    k = max(KS)
+    out: dict[str, float] = {}
+    for metric in ("recall", "ndcg"):
+        diff, se = paired_difference(a, b, k, metric)
+        out[f"{metric}@{k}"], out[f"{metric}@{k}_se"] = diff, se
+    return out
+
+
 def _row(model: str, metrics: RankingMetrics, **extra: Any) -> dict[str, Any]:
     return {"model": model, **metrics.to_dict(), **extra}
 
@@ -117,6 +127,7 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
             ws.release.manifest.configs.get("fast_model", {}).get("max_items", 30)
         )
         users = ws.split.user_index[samples.users]
+        measured: dict[str, tuple[RankingMetrics, dict[str, Any]]] = {}
         for name in req.teachers:
             teacher = build_teacher(name, ws)
             t = time.perf_counter()
@@ -145,6 +156,11 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
                     **extra,
                 )
             )
+            measured[name] = (m, rows[-1])
+        if "none" in measured:  # each trace against no trace, paired over the same users
+            for name, (m, row) in measured.items():
+                if name != "none":
+                    row["vs_no_trace"] = versus(m, measured["none"][0])
     for name in req.baselines:
         t = time.perf_counter()
         if name == "popular":
@@ -225,6 +241,14 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"({r['trace_stats']['parsed']}/{r['trace_stats']['decoded']})"
         for r in report["rows"]
         if "parseable_traces" in r
+    ]
+    k = max(KS)
+    notes += [
+        f"- {r['model']} vs no trace (same model and users, paired): Recall@{k} "
+        f"{v[f'recall@{k}']:+.4f} ± {v[f'recall@{k}_se']:.4f}, NDCG@{k} "
+        f"{v[f'ndcg@{k}']:+.4f} ± {v[f'ndcg@{k}_se']:.4f} (± one standard error)"
+        for r in report["rows"]
+        if (v := r.get("vs_no_trace"))
     ]
     tail = "\n" + "\n".join(notes) + "\n" if notes else ""
     if "reasoner" in report:

@@ -9,7 +9,7 @@ hit rate and NDCG@k = 1 / log2(rank + 2) for a 0-based hit rank < k (the ideal D
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +29,9 @@ class RankingMetrics:
     """k → mean NDCG@k."""
     num_users: int
     """How many users were averaged."""
+    ranks: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """(U,) the per-user 0-based hit ranks behind the means (-1 = miss), when known: what a
+    paired comparison of two models on the same users needs (`paired_difference`)."""
 
     def to_dict(self) -> dict[str, float | int]:
         """Flat `{"recall@5": ..., "ndcg@5": ..., ..., "num_users": U}`, ks ascending."""
@@ -111,7 +114,38 @@ def metrics_from_ranks(
         within = hit & (ranks < k)
         recall[k] = float(within.mean())
         ndcg[k] = float(np.where(within, gain, 0.0).mean())
-    return RankingMetrics(recall=recall, ndcg=ndcg, num_users=num_users)
+    return RankingMetrics(recall=recall, ndcg=ndcg, num_users=num_users, ranks=ranks)
+
+
+def per_user_gain(ranks: np.ndarray, k: int, metric: str) -> np.ndarray:
+    """(U,) each user's Recall@k ("recall": 0/1) or NDCG@k ("ndcg") from hit ranks."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    within = (ranks >= 0) & (ranks < k)
+    if metric == "recall":
+        return within.astype(np.float64)
+    if metric == "ndcg":
+        return np.where(within, 1.0 / np.log2(np.clip(ranks, 0, None) + 2.0), 0.0)
+    raise ConfigError(f"{metric=} must be 'recall' or 'ndcg'")
+
+
+def paired_difference(
+    a: RankingMetrics, b: RankingMetrics, k: int, metric: str = "recall"
+) -> tuple[float, float]:
+    """Mean and standard error of `a - b` in Recall@k / NDCG@k over the same users.
+
+    Pairing removes the between-user variance both models share, so the error is far smaller
+    than that of two independent means: the right yardstick for "does the trace help" when
+    one model is evaluated with and without it on the same users. Both need `ranks` of the
+    same length, in the same user order.
+    """
+    if a.ranks is None or b.ranks is None:
+        raise DataError("paired_difference needs per-user ranks on both sides")
+    if a.ranks.shape != b.ranks.shape:
+        raise DataError(f"different users: {a.ranks.shape} vs {b.ranks.shape}")
+    diff = per_user_gain(a.ranks, k, metric) - per_user_gain(b.ranks, k, metric)
+    n = len(diff)
+    se = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return float(diff.mean()), se
 
 
 def ranking_metrics(

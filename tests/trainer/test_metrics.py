@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from sid_index.errors import ConfigError, DataError
-from trainer.metrics import RankingMetrics, hit_ranks, metrics_from_ranks, ranking_metrics
+from trainer.metrics import (
+    RankingMetrics,
+    hit_ranks,
+    metrics_from_ranks,
+    paired_difference,
+    per_user_gain,
+    ranking_metrics,
+)
 
 
 def test_hand_made_values_are_exact() -> None:
@@ -89,3 +96,27 @@ def test_vectorized_matches_reference_loop() -> None:
                 ndcg += 1 / math.log2(pos[0] + 2)
         assert m.recall[k] == pytest.approx(rec / 200, abs=1e-12)
         assert m.ndcg[k] == pytest.approx(ndcg / 200, abs=1e-12)
+
+
+def test_paired_difference_on_hand_made_ranks() -> None:
+    a = metrics_from_ranks(np.array([0, 1, -1, 12, 3]), (5, 10), max_k=20)
+    b = metrics_from_ranks(np.array([0, -1, -1, 2, 9]), (5, 10), max_k=20)
+    np.testing.assert_array_equal(per_user_gain(a.ranks, 10, "recall"), [1, 1, 0, 0, 1])
+    diff, se = paired_difference(a, b, 10, "recall")
+    d = np.array([0.0, 1.0, 0.0, -1.0, 0.0])  # per-user a - b at Recall@10
+    assert diff == pytest.approx(a.recall[10] - b.recall[10]) == pytest.approx(d.mean())
+    assert se == pytest.approx(d.std(ddof=1) / math.sqrt(5))
+    diff, _ = paired_difference(a, b, 5, "ndcg")
+    assert diff == pytest.approx(a.ndcg[5] - b.ndcg[5])
+    # Identical models: no difference and no error.
+    assert paired_difference(a, a, 10) == (0.0, 0.0)
+
+
+def test_paired_difference_needs_the_same_users() -> None:
+    a = metrics_from_ranks(np.array([0, 1]), (5,))
+    with pytest.raises(DataError, match="different users"):
+        paired_difference(a, metrics_from_ranks(np.array([0, 1, 2]), (5,)), 5)
+    with pytest.raises(DataError, match="per-user ranks"):
+        paired_difference(a, RankingMetrics({5: 0.5}, {5: 0.5}, 2), 5)
+    with pytest.raises(ConfigError, match="metric"):
+        per_user_gain(np.array([0]), 5, "mrr")

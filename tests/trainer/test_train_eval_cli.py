@@ -88,7 +88,14 @@ def test_train_fast_then_eval(tmp_path: Path) -> None:
     assert models == ["fast model, trace: none", "fast model, trace: oracle", "most popular"]
     for r in report["rows"]:
         assert 0.0 <= r["recall@5"] <= r["recall@10"] <= 1.0
-    assert "| most popular |" in out.with_suffix(".md").read_text()
+    # The traced row carries its paired difference to no trace (same model, same users).
+    none, oracle = report["rows"][0], report["rows"][1]
+    vs = oracle["vs_no_trace"]
+    assert vs["recall@10"] == pytest.approx(oracle["recall@10"] - none["recall@10"])
+    assert vs["ndcg@10"] == pytest.approx(oracle["ndcg@10"] - none["ndcg@10"])
+    assert vs["recall@10_se"] >= 0 and "vs_no_trace" not in none
+    md = out.with_suffix(".md").read_text()
+    assert "| most popular |" in md and "fast model, trace: oracle vs no trace" in md
 
 
 def test_bad_inputs_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
