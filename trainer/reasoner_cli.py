@@ -86,6 +86,12 @@ def add_train_commands(tsub: Any) -> None:
     sft.add_argument("--llm-model", default="default", help="model name sent to the server")
     sft.add_argument("--cuts-per-user", type=int, default=1, help="samples per user")
     sft.add_argument(
+        "--no-hindsight",
+        action="store_true",
+        help="thoughts predict the next interest from the history alone (default: the "
+        "teacher sees the target and the transition names the interest holding it)",
+    )
+    sft.add_argument(
         "--align-replay",
         type=float,
         default=0.2,
@@ -406,7 +412,7 @@ def _train_sft(args: argparse.Namespace) -> int:
     corpus_cfg = CorpusConfig(
         cuts_per_user=args.cuts_per_user, max_history=max_history,
         thinking_ratio=_ratios(args.think_ratio_per_domain),
-        default_thinking_ratio=args.think_ratio, seed=args.seed,
+        default_thinking_ratio=args.think_ratio, seed=args.seed, hindsight=not args.no_hindsight,
     )  # fmt: skip
     stats = CorpusStats()
     samples = build_sft_corpus(

@@ -256,7 +256,10 @@ def test_labelled_personas_teach_the_users_own_persona(release: Path, tmp_path: 
     doc = json.loads((rel / "reasoner" / PERSONAS_FILE).read_text())
     assert doc["config"]["source"] == "labels"
     assert doc["names"] == ws.dataset.persona_names  # one prototype per planted persona
-    assert main(["train", "reasoner-sft", "--release", str(rel), *SFT, "--max-steps", "2"]) == 0
+    sft = ["train", "reasoner-sft", "--release", str(rel), *SFT, "--max-steps", "2"]
+    assert main([*sft, "--no-hindsight"]) == 0
+    corpus = load_release(rel).manifest.configs["reasoner"]["sft_corpus"]
+    assert corpus["hindsight"] is False
     # Every thinking SFT sample names its user's planted persona, not the nearest prototype.
     rows = [json.loads(line) for line in (rel.parent / "rel.runs/reasoner-sft/sft.jsonl").open()]
     thinking = [r for r in rows if r["thinking"]]

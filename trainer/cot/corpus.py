@@ -95,6 +95,11 @@ class CorpusConfig:
     """Thinking fraction of a domain not named in `thinking_ratio`."""
     seed: int = 0
     """Seed of the random cuts and of which samples think."""
+    hindsight: bool = True
+    """True: the teacher sees the target, and the thought's transition names the interest
+    that holds it (adding one when none does) — the thought rationalises the answer. False:
+    the thought is the teacher's history-only prediction, wrong as often as the model's own
+    will be at inference, so the answer learns not to trust `<next_k>` blindly."""
 
     def __post_init__(self) -> None:
         if self.cuts_per_user < 1 or self.max_history < 1:
@@ -190,7 +195,7 @@ def build_sft_corpus(
         cot = None
         if think[s] and teacher is not None:
             try:
-                made = teacher.explain(user, history, target)
+                made = teacher.explain(user, history, target if config.hindsight else None)
             except TeacherError:
                 made = None
             if made is None:

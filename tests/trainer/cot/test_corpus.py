@@ -3,6 +3,7 @@ teacher failures, co-occurrence, JSONL."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from sid_index.codes import format_sid
 from sid_index.datasets.splits import leave_one_out
 from sid_index.errors import ConfigError, DataError
 from sid_index.records import Catalog, Interactions, UserSequence
-from slow_path.cot_format import parse_completion
+from slow_path.cot_format import parse_completion, render_cot
 from trainer.cot.base import TeacherCoT, TeacherError
 from trainer.cot.corpus import (
     AlignConfig,
@@ -199,3 +200,34 @@ def test_config_validation() -> None:
         CorpusConfig(thinking_ratio={"video": 1.5})
     with pytest.raises(ConfigError, match="tasks"):
         AlignConfig(tasks=("poetry",))
+
+
+def test_without_hindsight_the_thought_is_the_history_only_guess(
+    world: Any, rule_teacher: RuleTeacher
+) -> None:
+    split, codes, cat = world.split, world.codes, world.dataset.catalog
+    cfg = CorpusConfig(cuts_per_user=2, max_history=5, default_thinking_ratio=1.0)
+    seen = build_sft_corpus(split, cat, codes, rule_teacher, cfg)
+    blind_stats = CorpusStats()
+    blind = build_sft_corpus(
+        split, cat, codes, rule_teacher, replace(cfg, hindsight=False), stats=blind_stats
+    )
+    assert [s.target for s in blind] == [s.target for s in seen]
+    n = world.level_sizes
+
+    def next_holds_target(s: Any) -> bool:
+        cot = parse_completion(s.completion, level_sizes=n, num_personas=20).cot
+        prefix = cot.interests[cot.next_interest].sid_prefix
+        return tuple(codes[s.target][: len(prefix)].tolist()) == prefix
+
+    # Hindsight: the named next interest always holds the answer; blind: only sometimes.
+    assert all(next_holds_target(s) for s in seen)
+    share = np.mean([next_holds_target(s) for s in blind])
+    assert 0.05 < share < 0.95
+    assert blind_stats.hindsight_differs == 0 and blind_stats.hindsight_added == 0
+    # The blind thought is the teacher's own history-only CoT; the answer is still the target.
+    train0 = split.train_items[split.train_indptr[0] : split.train_indptr[1]]
+    first = next(s for s in blind if s.user == int(split.user_index[0]))
+    assert first.target == int(train0[-1])
+    made = rule_teacher.explain(first.user, train0[:-1][-5:], None)
+    assert made is not None and render_cot(made.cot) in first.completion
