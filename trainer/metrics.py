@@ -15,6 +15,9 @@ import numpy as np
 
 from sid_index.errors import ConfigError, DataError
 
+KS = (5, 10)
+"""The cut-offs every report uses (Recall/NDCG@5 and @10)."""
+
 EMPTY_SLOT = -1
 """Marks an unfilled position in a top-K row (e.g. a decoder that found fewer than K items)."""
 

@@ -292,9 +292,9 @@ def _print_metrics(stage: str, metrics: dict[str, Any], work: Path, release: Pat
 
 def _train_align(args: argparse.Namespace) -> int:
     from trainer.cot.corpus import AlignConfig, write_jsonl
-    from trainer.evaluation import align_holdout, evaluate_reasoner
     from trainer.pipeline import open_workspace
     from trainer.reasoner.align import AlignTrainConfig, train_align
+    from trainer.reasoner_eval import align_holdout, evaluate_reasoner
 
     rank = _setup(args)
     ws = open_workspace(args.release, args.dataset)
@@ -375,7 +375,6 @@ def _train_sft(args: argparse.Namespace) -> int:
         build_sft_corpus,
         write_jsonl,
     )
-    from trainer.evaluation import align_holdout, evaluate_reasoner, split_persona_labels
     from trainer.pipeline import (
         open_workspace,
         reasoner_config,
@@ -385,6 +384,7 @@ def _train_sft(args: argparse.Namespace) -> int:
     )
     from trainer.reasoner.model import load_reasoner
     from trainer.reasoner.sft import SFTTrainConfig, train_sft
+    from trainer.reasoner_eval import align_holdout, evaluate_reasoner, split_persona_labels
 
     if not 0.0 <= args.align_replay <= 10.0:
         raise ConfigError(f"--align-replay {args.align_replay} must be in [0, 10]")

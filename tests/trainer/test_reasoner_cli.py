@@ -93,7 +93,7 @@ def test_align_resume_sft_and_eval(
     rel = _copy(release, tmp_path)
     align = ["train", "reasoner-align", "--release", str(rel), *ALIGN, "--save-every", "3"]
     # A run that dies at its first epoch-end evaluation, after the step-3 checkpoint ...
-    import trainer.evaluation as evaluation
+    import trainer.reasoner_eval as evaluation
 
     real_eval = evaluation.evaluate_reasoner
 
