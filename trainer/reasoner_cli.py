@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sid_index.errors import ConfigError, ReleaseError
+from sid_index.errors import ConfigError
 
 if TYPE_CHECKING:
     from trainer.cot.personas import PersonaModel
@@ -123,7 +123,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-resume", action="store_true", help="ignore earlier checkpoints")
 
 
-def _loop_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def loop_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "epochs": args.epochs,
         "max_steps": args.max_steps,
@@ -140,7 +140,7 @@ def _loop_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _setup(args: argparse.Namespace) -> int:
+def setup(args: argparse.Namespace) -> int:
     """Threads and the process group (torchrun); returns this process's rank."""
     import torch
     from transformers.utils import logging as hf_logging
@@ -164,16 +164,16 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _runs(release: Path, stage: str) -> Path:
+def runs(release: Path, stage: str) -> Path:
     return release.parent / f"{release.name}.runs" / stage
 
 
-def _last_with(history: list[dict[str, float]], key: str) -> dict[str, float] | None:
+def last_with(history: list[dict[str, float]], key: str) -> dict[str, float] | None:
     """The last metric record holding `key` (an epoch-end evaluation), or None."""
     return next((h for h in reversed(history) if key in h), None)
 
 
-def _loop_metrics(prefix: str, r: LoopResult) -> dict[str, float]:
+def loop_metrics(prefix: str, r: LoopResult) -> dict[str, float]:
     return {
         f"{prefix}/steps": r.steps,
         f"{prefix}/epochs": r.epochs_done,
@@ -264,7 +264,7 @@ def _initial_reasoner(
     return load_reasoner(init), arch
 
 
-def _write_release(
+def write_release(
     ws: Workspace,
     release: Path,
     reasoner: Reasoner,
@@ -283,7 +283,7 @@ def _write_release(
         writer.set_metrics(REASONER_PART, metrics)
 
 
-def _print_metrics(stage: str, metrics: dict[str, Any], work: Path, release: Path) -> None:
+def print_metrics(stage: str, metrics: dict[str, Any], work: Path, release: Path) -> None:
     shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     print(f"{stage}: {json.dumps(shown)}")
     print(f"logs and curves: {work}/*/metrics.jsonl, {work}/*/curves.png")
@@ -296,9 +296,9 @@ def _train_align(args: argparse.Namespace) -> int:
     from trainer.reasoner.align import AlignTrainConfig, train_align
     from trainer.reasoner_eval import align_holdout, evaluate_reasoner
 
-    rank = _setup(args)
+    rank = setup(args)
     ws = open_workspace(args.release, args.dataset)
-    work = args.work_dir or _runs(args.release, "reasoner-align")
+    work = args.work_dir or runs(args.release, "reasoner-align")
     work.mkdir(parents=True, exist_ok=True)
     personas = _personas(ws, args, work)
     corpus_cfg = AlignConfig(
@@ -311,7 +311,7 @@ def _train_align(args: argparse.Namespace) -> int:
     texts = [s.prompt + s.completion for s in holdout.train]
     reasoner, arch = _initial_reasoner(ws, args, personas, texts, work, rank)
     train_cfg = AlignTrainConfig(
-        warmup_steps=args.warmup_steps, warmup_lr=args.warmup_lr, **_loop_kwargs(args)
+        warmup_steps=args.warmup_steps, warmup_lr=args.warmup_lr, **loop_kwargs(args)
     )
 
     def validate(r: Reasoner) -> dict[str, float]:
@@ -322,16 +322,16 @@ def _train_align(args: argparse.Namespace) -> int:
     )
     if rank != 0:
         return 0
-    final = _last_with(result.full.history, "r0/category_acc") or validate(reasoner)
+    final = last_with(result.full.history, "r0/category_acc") or validate(reasoner)
     metrics: dict[str, Any] = {
         **final,
-        **_loop_metrics("align", result.full),
+        **loop_metrics("align", result.full),
         "align/samples": result.num_samples,
         "align/truncated": result.truncated,
         "align/heldout_items": len(holdout.items),
     }
     if result.warmup is not None:
-        metrics.update(_loop_metrics("align_warmup", result.warmup))
+        metrics.update(loop_metrics("align_warmup", result.warmup))
     config = {
         "stage": "align",
         "base_model": args.base_model,
@@ -344,137 +344,12 @@ def _train_align(args: argparse.Namespace) -> int:
         "align_corpus": dataclasses.asdict(corpus_cfg),
         "align": dataclasses.asdict(train_cfg),
     }
-    _write_release(ws, args.release, reasoner, personas, config, metrics)
-    _print_metrics("reasoner align", metrics, work, args.release)
+    write_release(ws, args.release, reasoner, personas, config, metrics)
+    print_metrics("reasoner align", metrics, work, args.release)
     return 0
-
-
-def _ratios(spec: str) -> dict[str, float]:
-    """ "video=0.7,ads=0.3" -> {"video": 0.7, "ads": 0.3} (ConfigError naming a bad item)."""
-    out: dict[str, float] = {}
-    for part in filter(None, (x.strip() for x in spec.split(","))):
-        name, sep, raw = part.partition("=")
-        try:
-            if not sep or not name.strip():
-                raise ValueError(part)
-            out[name.strip()] = float(raw)
-        except ValueError:
-            raise ConfigError(
-                f"--think-ratio-per-domain: bad item {part!r} (expected DOMAIN=RATIO)"
-            ) from None
-    return out
 
 
 def _train_sft(args: argparse.Namespace) -> int:
-    import numpy as np
+    from trainer.reasoner_sft_cli import train_sft_command
 
-    from trainer.cot.corpus import (
-        AlignConfig,
-        CorpusConfig,
-        CorpusStats,
-        build_sft_corpus,
-        write_jsonl,
-    )
-    from trainer.pipeline import (
-        open_workspace,
-        reasoner_config,
-        release_personas,
-        require_reasoner,
-        rule_teacher,
-    )
-    from trainer.reasoner.model import load_reasoner
-    from trainer.reasoner.sft import SFTTrainConfig, train_sft
-    from trainer.reasoner_eval import align_holdout, evaluate_reasoner, split_persona_labels
-
-    if not 0.0 <= args.align_replay <= 10.0:
-        raise ConfigError(f"--align-replay {args.align_replay} must be in [0, 10]")
-    rank = _setup(args)
-    ws = open_workspace(args.release, args.dataset)
-    directory = require_reasoner(ws)
-    personas = release_personas(ws)
-    if personas is None:
-        raise ReleaseError(f"{directory} has no personas.json; rerun 'train reasoner-align'")
-    previous = reasoner_config(ws)
-    max_history = args.max_history or int(previous.get("max_history", 20))
-    work = args.work_dir or _runs(args.release, "reasoner-sft")
-    work.mkdir(parents=True, exist_ok=True)
-    rule = rule_teacher(ws, personas)
-    teacher: Any = rule
-    if args.teacher == "llm":
-        from trainer.cot.llm_teacher import LLMTeacher, LLMTeacherConfig
-
-        if not args.llm_url:
-            raise ConfigError("--teacher llm needs --llm-url URL")
-        llm_cfg = LLMTeacherConfig(
-            base_url=args.llm_url, model=args.llm_model, max_history=max_history
-        )
-        teacher = LLMTeacher(ws.index.catalog, ws.codes, personas, llm_cfg, fallback=rule)
-    corpus_cfg = CorpusConfig(
-        cuts_per_user=args.cuts_per_user, max_history=max_history,
-        thinking_ratio=_ratios(args.think_ratio_per_domain),
-        default_thinking_ratio=args.think_ratio, seed=args.seed, hindsight=not args.no_hindsight,
-    )  # fmt: skip
-    stats = CorpusStats()
-    samples = build_sft_corpus(
-        ws.split, ws.index.catalog, ws.codes, teacher, corpus_cfg, stats=stats,
-        progress=rank == 0,
-    )  # fmt: skip
-    if rank == 0:
-        write_jsonl(work / "sft.jsonl", samples)
-    reasoner = load_reasoner(directory)
-    align_corpus = dict(previous.get("align_corpus", {}))
-    align_corpus["tasks"] = tuple(align_corpus.get("tasks", AlignConfig().tasks))
-    holdout = align_holdout(
-        ws, AlignConfig(**align_corpus), int(previous.get("eval_items", 200)),
-        int(previous.get("seed", 0)),
-    )  # fmt: skip
-    # Without replay the CoT-only data makes the model forget the alignment tasks (R0 fell
-    # from 0.86 to 0.0 after one SFT epoch on synthetic data).
-    rng = np.random.default_rng([args.seed, 41])
-    k = min(len(holdout.train), round(args.align_replay * len(samples)))
-    replay = [holdout.train[i] for i in np.sort(rng.choice(len(holdout.train), k, replace=False))]
-    valid = ws.split.valid_inputs()
-    train_cfg = SFTTrainConfig(**_loop_kwargs(args))
-    persona_labels = split_persona_labels(ws)
-
-    def validate(r: Reasoner) -> dict[str, float]:
-        return evaluate_reasoner(
-            r, ws, valid, holdout=holdout, max_history=max_history,
-            max_think_tokens=args.max_think_tokens, limit=args.eval_users,
-            persona_labels=persona_labels,
-        )  # fmt: skip
-
-    result = train_sft(
-        reasoner, [*samples, *replay], train_cfg, work, evaluate=validate,
-        resume=not args.no_resume,
-    )  # fmt: skip
-    if rank != 0:
-        return 0
-    final = _last_with(result.loop.history, "thinking/r3/recall@10") or validate(reasoner)
-    old_metrics = ws.release.manifest.metrics.get("reasoner", {})
-    metrics: dict[str, Any] = {
-        **{k: v for k, v in old_metrics.items() if k.startswith("align")},
-        **{f"valid/{k}": v for k, v in final.items()},
-        **_loop_metrics("sft", result.loop),
-        "sft/samples": result.num_samples,
-        "sft/thinking_samples": stats.thinking,
-        "sft/align_replay_samples": len(replay),
-        "sft/teacher_failures": stats.teacher_failures,
-        "sft/truncated": result.truncated,
-        "sft/dropped": result.dropped,
-    }
-    if args.teacher == "llm":
-        metrics["sft/llm_teacher"] = dataclasses.asdict(teacher.stats)
-    config = {
-        **previous,
-        "stage": "sft",
-        "max_history": max_history,
-        "max_think_tokens": args.max_think_tokens,
-        "sft_teacher": args.teacher,
-        "sft_align_replay": args.align_replay,
-        "sft_corpus": {**dataclasses.asdict(corpus_cfg), "per_domain": stats.per_domain},
-        "sft": dataclasses.asdict(train_cfg),
-    }
-    _write_release(ws, args.release, reasoner, personas, config, metrics)
-    _print_metrics("reasoner sft", metrics, work, args.release)
-    return 0
+    return train_sft_command(args)
