@@ -236,7 +236,8 @@ class PersonaModel:
         names: Sequence[str] | None,
         config: PersonaConfig,
     ) -> PersonaModel:
-        """One prototype per known persona label: the centroid of its users' histograms.
+        """One prototype per known persona label: the centroid of its users' histograms
+        (over a seeded sample of `config.max_fit_users` users when there are more).
 
         Args:
             histories: one history per user (catalogue indices).
@@ -253,6 +254,10 @@ class PersonaModel:
             )
         if names is not None and len(names) != k:
             raise DataError(f"{len(names)} persona names for {k} personas")
+        if len(histories) > config.max_fit_users:  # a seeded sample bounds the (U, F) buffer
+            rng = np.random.default_rng([config.seed, 7])
+            pick = np.sort(rng.choice(len(histories), config.max_fit_users, replace=False))
+            histories, labels = [histories[i] for i in pick.tolist()], labels[pick]
         hist = user_histograms(features, histories, config.half_life)  # (U, F)
         has = hist.sum(axis=1) > 0
         root = np.sqrt(hist)

@@ -153,6 +153,12 @@ def test_personas_from_labels_centre_each_label_and_round_trip(world: Any, tmp_p
     model.save(tmp_path / "p.json")
     loaded = PersonaModel.load(tmp_path / "p.json", feats)
     assert loaded.config.source == "labels" and loaded.names == model.names
+    # A user sample (max_fit_users) still centres every label near the full-data centroid.
+    sampled = PersonaModel.from_labels(
+        feats, hists, ds.personas, ds.persona_names,
+        PersonaConfig(num_personas=k, source="labels", max_fit_users=300),
+    )  # fmt: skip
+    assert np.mean(sampled.assign_many(hists) == ds.personas) > 0.5
     # Without names the prototypes are named from their users' histograms, as `fit` does.
     unnamed = PersonaModel.from_labels(feats, hists, ds.personas, None, cfg)
     assert len(set(unnamed.names)) == k
