@@ -121,6 +121,8 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
             stats = getattr(teacher, "stats", None)  # the reasoner counts parse failures
             if stats is not None:
                 extra = {"parseable_traces": stats.parse_rate, "trace_stats": stats.to_dict()}
+            if getattr(teacher, "known_personas", None) is not None:
+                extra["labelled_personas"] = True  # the users' own labels: an oracle persona
             rows.append(
                 _row(
                     f"fast model, trace: {name}",
@@ -214,6 +216,12 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"({r['trace_stats']['parsed']}/{r['trace_stats']['decoded']})"
         for r in report["rows"]
         if "parseable_traces" in r
+    ]
+    notes += [
+        f"- {r['model']}: the persona part is each user's labelled persona (an oracle, not a "
+        "prediction)"
+        for r in report["rows"]
+        if r.get("labelled_personas")
     ]
     k = max(KS)
     notes += [

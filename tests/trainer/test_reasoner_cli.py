@@ -271,6 +271,15 @@ def test_labelled_personas_teach_the_users_own_persona(release: Path, tmp_path: 
     assert rule_teacher(ws, release_personas(ws)).known_personas is not None
     metrics = load_release(rel, require=["reasoner"]).manifest.metrics["reasoner"]
     assert 0.0 <= metrics["valid/thinking/r2/persona_match"] <= 1.0
+    # Fast-model traces from the rule teacher carry the labels: eval says it is an oracle.
+    fast = ["train", "fast", "--release", str(rel), "--teacher", "rule", "--epochs", "1"]
+    assert main([*fast, "--hidden-size", "32", "--layers", "1", "--eval-users", "12"]) == 0
+    out = tmp_path / "eval.json"
+    argv = ["eval", "--release", str(rel), "--teachers", "none,rule", "--baselines", "none"]
+    assert main([*argv, "--limit", "12", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[1]["labelled_personas"] is True and "labelled_personas" not in rows[0]
+    assert "labelled persona (an oracle" in out.with_suffix(".md").read_text()
 
 
 def test_labelled_personas_need_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
