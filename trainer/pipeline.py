@@ -105,15 +105,24 @@ def rule_teacher(ws: Workspace, personas: PersonaModel | None = None) -> RuleTea
             ws.split.train_items,
             item_index=ws.index.item_index,
         )
-    from trainer.cot.prefix_stats import PrefixTransitions
+    from trainer.cot.prefix_stats import PersonaPrefixes, PrefixTransitions
 
+    known = known_personas(ws, personas)
+    split = ws.split
+    by_persona = None
+    if known is not None:  # labelled personas: the expansion is what the persona predicts
+        by_persona = PersonaPrefixes.build(
+            split.train_indptr, split.train_items, ws.codes, known[split.user_index],
+            personas.num_personas,
+        )  # fmt: skip
     return RuleTeacher(
         ws.index.catalog,
         ws.codes,
         personas,
-        transitions=PrefixTransitions.build(ws.split.train_indptr, ws.split.train_items, ws.codes),
+        transitions=PrefixTransitions.build(split.train_indptr, split.train_items, ws.codes),
         item_index=ws.index.item_index,
-        known_personas=known_personas(ws, personas),
+        known_personas=known,
+        persona_prefixes=by_persona,
     )
 
 

@@ -126,3 +126,58 @@ class PrefixTransitions:
         """(K0,) next-prefix distribution after level-0 code `last` (uniform if unknown)."""
         k0 = len(self.probs)
         return self.probs[last] if 0 <= last < k0 else np.full(k0, 1.0 / k0, dtype=np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class PersonaPrefixes:
+    """P(level-0 prefix | persona) over the training sequences of users with a persona label:
+    where each persona's interests lie, including the ones a user has not shown yet."""
+
+    probs: np.ndarray
+    """(P, K0) float32 rows summing to 1 (uniform for a persona with no labelled user)."""
+
+    @classmethod
+    def build(
+        cls,
+        indptr: np.ndarray,
+        items: np.ndarray,
+        codes: np.ndarray,
+        personas: np.ndarray,
+        num_personas: int,
+        smoothing: float = 0.1,
+    ) -> PersonaPrefixes:
+        """Count level-0 prefixes per persona.
+
+        Args:
+            indptr, items: CSR sequences, one row per user.
+            codes: (N, L) SID codes of the catalogue.
+            personas: (U,) persona label of each row (negative: unlabelled, not counted).
+            smoothing: pseudo-count added to every cell.
+        """
+        codes = np.asarray(codes)
+        k0 = int(codes[:, 0].max(initial=0)) + 1
+        if k0 > _MAX_DENSE_PREFIXES:
+            raise DataError(f"{k0} level-0 codes: too many for a dense persona table")
+        personas = np.asarray(personas, dtype=np.int64)
+        if personas.shape != (len(indptr) - 1,):
+            raise DataError(f"{personas.shape=} does not match {len(indptr) - 1} sequences")
+        if len(personas) and int(personas.max()) >= num_personas:
+            raise DataError(f"persona labels reach {int(personas.max())} >= {num_personas=}")
+        owner = np.repeat(personas, np.diff(np.asarray(indptr, dtype=np.int64)))  # (nnz,)
+        keep = owner >= 0
+        c0 = codes[np.asarray(items, dtype=np.int64)[keep], 0].astype(np.int64)
+        cell = owner[keep] * k0 + c0
+        counts = np.bincount(cell, minlength=num_personas * k0).reshape(num_personas, k0)
+        counts = counts + smoothing
+        return cls((counts / counts.sum(axis=1, keepdims=True)).astype(np.float32))
+
+    def expansion(self, persona: int, held: set[int]) -> tuple[int, float] | None:
+        """The persona's most likely level-0 prefix outside `held` and its probability
+        (None for an unknown persona or when every prefix is held)."""
+        if not 0 <= persona < len(self.probs):
+            return None
+        row = self.probs[persona]
+        for code in np.argsort(-row, kind="stable").tolist():
+            if code not in held:
+                return int(code), float(row[code])
+        return None

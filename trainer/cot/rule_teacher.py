@@ -10,8 +10,10 @@ For a history (and, for training examples, the true next item):
    one level-1 child becomes that level-0+1 prefix. On top of these, when there is room, one
    *expansion* interest the history does not hold yet: the level-0 prefix that the last item's
    transition statistics (`PrefixTransitions`, complementary categories) and the FAISS nearest
-   neighbours of the recent items point to. Weights are the normalized masses; labels come
-   from `PrefixLabels`.
+   neighbours of the recent items point to — or, with persona statistics
+   (`PersonaPrefixes`, from labelled personas), the persona's most likely prefix the history
+   does not hold: the expansion only the persona predicts. Weights are the normalized masses;
+   labels come from `PrefixLabels`.
 3. Transition Inference — the interest the next item most likely comes from. From history
    only (`predicted_next`): a mix of the interest's mass and P(its prefix | last item's
    prefix). With the true next item (*hindsight*, flagged on the output): the interest whose
@@ -36,7 +38,7 @@ from slow_path.cot_format import MAX_INTERESTS, CoT, CoTInterest
 from slow_path.reasoner.interests import InterestRules, history_transition, last_item_phrase
 from trainer.cot.base import TeacherCoT
 from trainer.cot.personas import PersonaConfig, PersonaModel, csr_histories, features_for
-from trainer.cot.prefix_stats import PrefixLabels, PrefixTransitions
+from trainer.cot.prefix_stats import PersonaPrefixes, PrefixLabels, PrefixTransitions
 
 if TYPE_CHECKING:
     from fast_path.prompt import TraceTokens
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 _COMPLEMENT_PROB = 0.15  # P(prefix | last prefix) above which a move reads as "often follows"
 _MAX_NEIGHBOUR_TABLE = 2_000_000  # catalogues up to this size get a precomputed neighbour table
 _SEARCH_CHUNK = 65536
+_MIN_PERSONA_LIFT = 1.5  # a persona expansion must be this many times likelier than uniform
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,7 @@ class RuleTeacher:
         item_index: ItemIndex | None = None,
         config: RuleTeacherConfig | None = None,
         known_personas: np.ndarray | None = None,
+        persona_prefixes: PersonaPrefixes | None = None,
     ) -> None:
         """
         Args:
@@ -122,6 +126,8 @@ class RuleTeacher:
                 `PersonaConfig(source="labels")` model): the persona part names the user's own
                 persona instead of the history's nearest prototype (users outside the array,
                 or with a negative id, fall back to the nearest prototype).
+            persona_prefixes: P(level-0 prefix | persona) of labelled users; when given, the
+                expansion interest is the persona's most likely prefix outside the history.
         """
         codes = np.asarray(codes, dtype=np.int64)
         if codes.ndim != 2 or codes.shape[1] < 2 or len(codes) != len(catalog):
@@ -141,6 +147,7 @@ class RuleTeacher:
                 f"known persona ids reach {int(self.known_personas.max())}, the persona model "
                 f"has {personas.num_personas}"
             )
+        self.persona_prefixes = persona_prefixes
         self.labels = labels if labels is not None else PrefixLabels.build(catalog, codes)
         self.transitions = transitions
         self.item_index = item_index
@@ -242,10 +249,23 @@ class RuleTeacher:
             ).astype(np.int32)
         return self._neighbour_table[items]
 
-    def _interests(self, history: np.ndarray) -> list[_Hypothesis]:
+    def _persona_expansion(self, persona: int, held: list[_Hypothesis]) -> _Hypothesis | None:
+        """The persona's most likely level-0 prefix the history does not hold."""
+        assert self.persona_prefixes is not None
+        found = self.persona_prefixes.expansion(persona, {h.prefix[0] for h in held})
+        k0 = self.persona_prefixes.probs.shape[1]
+        if found is None or found[1] * k0 < _MIN_PERSONA_LIFT:
+            return None
+        share = self.config.expansion_share * min(h.share for h in held)
+        return _Hypothesis((found[0],), share, "expansion")
+
+    def _interests(self, history: np.ndarray, persona: int) -> list[_Hypothesis]:
         held = self._history_interests(history)
         if self.config.expand and len(held) < self.config.max_interests:
-            extra = self._expansion(history, held)
+            if self.persona_prefixes is not None:
+                extra = self._persona_expansion(persona, held)
+            else:
+                extra = self._expansion(history, held)
             if extra is not None:
                 held.append(extra)
         return held
@@ -282,7 +302,8 @@ class RuleTeacher:
         history = np.asarray(history, dtype=np.int64)
         if len(history) == 0:
             return None
-        hyps = self._interests(history)
+        persona = self._persona(user, history)
+        hyps = self._interests(history, persona)
         chosen = self._predict_next(history, hyps)
         predicted: int | None = chosen
         if target is not None:
@@ -309,7 +330,6 @@ class RuleTeacher:
         interests = tuple(
             CoTInterest(h.prefix, h.share / total, self.labels.label(h.prefix)) for h in hyps
         )
-        persona = self._persona(user, history)
         cot = CoT(
             persona_id=persona,
             persona_name=self.personas.title(persona),
@@ -327,5 +347,6 @@ class RuleTeacher:
         history = np.asarray(history, dtype=np.int64)
         if len(history) == 0:
             return None
-        hyps = self._interests(history)
-        return TraceTokens(self._persona(user, history), tuple(h.prefix for h in hyps))
+        persona = self._persona(user, history)
+        hyps = self._interests(history, persona)
+        return TraceTokens(persona, tuple(h.prefix for h in hyps))

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sid_index.errors import ConfigError
+from sid_index.errors import ConfigError, DataError
 from slow_path.cot_format import MAX_INTERESTS, parse_completion, render_completion
 from slow_path.reasoner.interests import InterestRules
-from trainer.cot.prefix_stats import PrefixLabels, PrefixTransitions
+from trainer.cot.prefix_stats import PersonaPrefixes, PrefixLabels, PrefixTransitions
 from trainer.cot.rule_teacher import RuleTeacher, RuleTeacherConfig
 
 EXAMPLES = settings(
@@ -248,3 +248,48 @@ def test_known_personas_name_the_users_own_persona(rule_teacher: RuleTeacher, wo
             world.dataset.catalog, world.codes, personas,
             known_personas=np.array([personas.num_personas]),
         )  # fmt: skip
+
+
+def test_persona_prefixes_count_each_personas_prefixes() -> None:
+    codes = np.array([[0, 0], [1, 0], [2, 0], [3, 0]])
+    indptr = np.array([0, 3, 5, 6])
+    items = np.array([0, 0, 1, 2, 2, 3])  # users: [0 0 1] [2 2] [3]
+    table = PersonaPrefixes.build(indptr, items, codes, np.array([0, 1, -1]), 2, smoothing=0.0)
+    np.testing.assert_allclose(table.probs, [[2 / 3, 1 / 3, 0, 0], [0, 0, 1, 0]])
+    assert table.expansion(0, {0}) == (1, pytest.approx(1 / 3))
+    assert table.expansion(1, set())[0] == 2
+    assert table.expansion(5, set()) is None and table.expansion(0, {0, 1, 2, 3}) is None
+    with pytest.raises(DataError, match="does not match"):
+        PersonaPrefixes.build(indptr, items, codes, np.array([0, 1]), 2)
+    with pytest.raises(DataError, match="persona labels reach"):
+        PersonaPrefixes.build(indptr, items, codes, np.array([0, 1, 2]), 2)
+
+
+def test_persona_expansion_names_what_the_persona_predicts(
+    rule_teacher: RuleTeacher, world: Any
+) -> None:
+    s = world.split
+    personas = rule_teacher.personas
+    known = np.full(int(s.user_index.max()) + 1, -1, dtype=np.int64)
+    known[s.user_index] = personas.assign_many(
+        [s.train_items[s.train_indptr[i] : s.train_indptr[i + 1]] for i in range(len(s.user_ids))]
+    )
+    table = PersonaPrefixes.build(
+        s.train_indptr, s.train_items, world.codes, known[s.user_index], personas.num_personas
+    )
+    teacher = RuleTeacher(
+        world.dataset.catalog, world.codes, personas, known_personas=known,
+        persona_prefixes=table, config=RuleTeacherConfig(max_interests=5),
+    )  # fmt: skip
+    expanded = 0
+    for i in range(40):
+        history = s.train_items[s.train_indptr[i] : s.train_indptr[i + 1]]
+        user = int(s.user_index[i])
+        out = teacher.explain(user, history, None)
+        assert out is not None
+        held = {c.sid_prefix[0] for c in out.cot.interests[:-1]}
+        last = out.cot.interests[-1].sid_prefix
+        want = table.expansion(int(known[user]), held)
+        if want is not None and last[0] == want[0] and last[0] not in set(world.codes[history, 0]):
+            expanded += 1
+    assert expanded >= 10  # the expansion is the persona's likeliest unseen prefix
