@@ -92,9 +92,16 @@ def build_teacher(name: str, ws: Workspace) -> TraceTeacher | None:
     return rule_teacher(ws, release_personas(ws))
 
 
-def rule_teacher(ws: Workspace, personas: PersonaModel | None = None) -> RuleTeacher:
+def rule_teacher(
+    ws: Workspace, personas: PersonaModel | None = None, persona_expansion: bool | None = None
+) -> RuleTeacher:
     """The rule CoT teacher on the train split; with `personas` (the reasoner's persona model)
-    rule traces and reasoner traces share persona ids, else personas are fitted here."""
+    rule traces and reasoner traces share persona ids, else personas are fitted here.
+
+    `persona_expansion` (labelled personas only): the expansion interest is the persona's
+    likeliest prefix outside the history; None reads it from the release's reasoner config
+    (what `train reasoner-sft --persona-expansion` recorded), so the fast model's rule traces
+    match the reasoner's thoughts."""
     from trainer.cot.rule_teacher import RuleTeacher
 
     if personas is None:
@@ -109,8 +116,10 @@ def rule_teacher(ws: Workspace, personas: PersonaModel | None = None) -> RuleTea
 
     known = known_personas(ws, personas)
     split = ws.split
+    if persona_expansion is None:
+        persona_expansion = bool(reasoner_config(ws).get("persona_expansion", False))
     by_persona = None
-    if known is not None:  # labelled personas: the expansion is what the persona predicts
+    if known is not None and persona_expansion:  # the expansion is what the persona predicts
         by_persona = PersonaPrefixes.build(
             split.train_indptr, split.train_items, ws.codes, known[split.user_index],
             personas.num_personas,

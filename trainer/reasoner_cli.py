@@ -86,6 +86,12 @@ def add_train_commands(tsub: Any) -> None:
     sft.add_argument("--llm-model", default="default", help="model name sent to the server")
     sft.add_argument("--cuts-per-user", type=int, default=1, help="samples per user")
     sft.add_argument(
+        "--persona-expansion",
+        action="store_true",
+        help="with labelled personas (reasoner-align --persona-source labels): the expansion "
+        "interest is the persona's likeliest SID prefix the history does not hold",
+    )
+    sft.add_argument(
         "--no-hindsight",
         action="store_true",
         help="thoughts predict the next interest from the history alone (default: the "

@@ -76,7 +76,11 @@ def train_sft_command(args: argparse.Namespace) -> int:
     max_history = args.max_history or int(previous.get("max_history", 20))
     work = args.work_dir or runs(args.release, "reasoner-sft")
     work.mkdir(parents=True, exist_ok=True)
-    rule = rule_teacher(ws, personas)
+    if args.persona_expansion and personas.config.source != "labels":
+        raise ConfigError(
+            "--persona-expansion needs labelled personas (reasoner-align --persona-source labels)"
+        )
+    rule = rule_teacher(ws, personas, persona_expansion=args.persona_expansion)
     teacher: Any = rule
     if args.teacher == "llm":
         from trainer.cot.llm_teacher import LLMTeacher, LLMTeacherConfig
@@ -150,6 +154,7 @@ def train_sft_command(args: argparse.Namespace) -> int:
         "max_think_tokens": args.max_think_tokens,
         "sft_teacher": args.teacher,
         "sft_align_replay": args.align_replay,
+        "persona_expansion": args.persona_expansion,
         "sft_corpus": {**dataclasses.asdict(corpus_cfg), "per_domain": stats.per_domain},
         "sft": dataclasses.asdict(train_cfg),
     }

@@ -125,6 +125,8 @@ def test_align_resume_sft_and_eval(
     assert config["stage"] == "align" and config["num_personas"] == 4
     assert (rel.parent / "rel.runs/reasoner-align/full/curves.png").stat().st_size > 0
 
+    no_labels = ["train", "reasoner-sft", "--release", str(rel), "--persona-expansion"]
+    assert main(no_labels) == 2  # k-means personas: no labels to expand from
     assert main(["train", "reasoner-sft", "--release", str(rel), *SFT]) == 0
     rel_ = load_release(rel, require=["reasoner"])
     metrics = rel_.manifest.metrics["reasoner"]
@@ -257,9 +259,13 @@ def test_labelled_personas_teach_the_users_own_persona(release: Path, tmp_path: 
     assert doc["config"]["source"] == "labels"
     assert doc["names"] == ws.dataset.persona_names  # one prototype per planted persona
     sft = ["train", "reasoner-sft", "--release", str(rel), *SFT, "--max-steps", "2"]
-    assert main([*sft, "--no-hindsight"]) == 0
-    corpus = load_release(rel).manifest.configs["reasoner"]["sft_corpus"]
-    assert corpus["hindsight"] is False
+    assert main([*sft, "--no-hindsight", "--persona-expansion"]) == 0
+    config = load_release(rel).manifest.configs["reasoner"]
+    assert config["sft_corpus"]["hindsight"] is False and config["persona_expansion"] is True
+    # The fast model's rule traces follow the release: persona statistics on.
+    ws = open_workspace(rel)  # re-read: the manifest changed
+    assert rule_teacher(ws, release_personas(ws)).persona_prefixes is not None
+    assert rule_teacher(ws, release_personas(ws), False).persona_prefixes is None
     # Every thinking SFT sample names its user's planted persona, not the nearest prototype.
     rows = [json.loads(line) for line in (rel.parent / "rel.runs/reasoner-sft/sft.jsonl").open()]
     thinking = [r for r in rows if r["thinking"]]
