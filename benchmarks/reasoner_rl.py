@@ -129,7 +129,7 @@ def stage_base(args: argparse.Namespace) -> None:
         ws.split, ws.index.catalog, ws.codes, teacher,
         CorpusConfig(
             cuts_per_user=args.cuts, max_history=MAX_HISTORY,
-            default_thinking_ratio=BASE_THINKING_RATIO,
+            default_thinking_ratio=args.think_ratio, hindsight=not args.no_hindsight,
         ),
     )  # fmt: skip
     align = build_align_corpus(ws.split, ws.index.catalog, ws.codes, AlignConfig())
@@ -166,7 +166,8 @@ def stage_base(args: argparse.Namespace) -> None:
             {"base": "scratch:tiny", "align": _asdict(align_cfg), "sft": _asdict(sft_cfg),
              "num_personas": num_personas, "persona_source": args.persona_source,
              "max_history": MAX_HISTORY, "sft_teacher": "rule",
-             "sft_corpus": {"default_thinking_ratio": BASE_THINKING_RATIO}},
+             "sft_corpus": {"default_thinking_ratio": args.think_ratio,
+                            "hindsight": not args.no_hindsight}},
         )  # fmt: skip
         writer.set_metrics(
             "reasoner",
@@ -340,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     base.add_argument("--dataset", default=DATASET)
     base.add_argument("--cuts", type=int, default=3, help="SFT cut points per user")
     base.add_argument("--sft-epochs", type=int, default=2)
+    base.add_argument("--think-ratio", type=float, default=BASE_THINKING_RATIO)
+    base.add_argument(
+        "--no-hindsight", action="store_true", help="thoughts guess the next interest blind"
+    )
     base.add_argument(
         "--persona-source",
         choices=("kmeans", "labels"),

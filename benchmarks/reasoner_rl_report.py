@@ -134,6 +134,8 @@ def start_sentence(manifest: Mapping[str, Any], arch: Mapping[str, Any]) -> str:
     ratio = BASE_THINKING_RATIO if ratio is None and ours else ratio
     if ratio is not None:
         sft.append("half the samples thinking" if ratio == 0.5 else f"{ratio:.0%} thinking")
+    if cfg.get("sft_corpus", {}).get("hindsight") is False:
+        sft.append("no hindsight")
     if cfg.get("sft_align_replay"):
         sft.append(f"{float(cfg['sft_align_replay']):.0%} alignment replay")
     sft.append(_seconds(m, "sft_s", "sft/train_seconds"))
