@@ -293,15 +293,20 @@ def stage_report(args: argparse.Namespace) -> None:
             ws.split, ws.index.catalog, ws.codes, part="test", max_history=history,
             domain=d, limit=args.test_users, seed=0,
         )  # fmt: skip
+        ranks: dict[str, list[int]] = {}  # per mode, each user's hit rank: paired tests
+
+        def keep(mode: str, r: Any, ranks: dict[str, list[int]] = ranks) -> None:
+            ranks[mode] = [int(x) for x in r]
+
         ev = recall_evaluator(
             prompts, ws.index.catalog, ws.codes, ws.index.trie, max_think_tokens=think,
-            modes=("thinking", "nothinking"), prefix="", batch_size=32,
+            modes=("thinking", "nothinking"), prefix="", batch_size=32, on_ranks=keep,
         )  # fmt: skip
         for label, path in _models(release, d).items():
             t = time.perf_counter()
             metrics = ev(load_reasoner(path))
             extra = {"num_users": float(len(prompts)), "eval_s": time.perf_counter() - t}
-            results.setdefault(d, {})[label] = metrics | extra
+            results.setdefault(d, {})[label] = metrics | extra | {"ranks": dict(ranks)}
             _log(f"{d} {label}: R@10 thinking {metrics['thinking/r3/recall@10']:.4f} "
                  f"non-thinking {metrics['nothinking/r3/recall@10']:.4f}")  # fmt: skip
     saved.write_text(json.dumps(results, indent=2))

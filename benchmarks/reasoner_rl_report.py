@@ -16,7 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sid_index.errors import ConfigError
+from trainer.metrics import per_user_gain
 
 SECTION = "## Reasoner RL (GRPO, specialize-then-unify)"
 OFFICE_SECTION = "## Reasoner RL on Amazon Office"
@@ -260,6 +263,16 @@ def _verdict(diff: float, se: float) -> str:
     return f"{'yes' if diff > 0 else 'no'} ({diff:+.4f}, {abs(diff) / se:.1f} SE)"
 
 
+def _paired(a: Mapping[str, Any], b: Mapping[str, Any], mode_a: str, mode_b: str) -> float | None:
+    """Standard error of Recall@10(a, mode_a) - Recall@10(b, mode_b) paired over the same users,
+    from the per-user hit ranks the report keeps (None when a report predates them)."""
+    ra, rb = a.get("ranks", {}).get(mode_a), b.get("ranks", {}).get(mode_b)
+    if ra is None or rb is None or len(ra) != len(rb) or len(ra) < 2:
+        return None
+    diff = per_user_gain(np.asarray(ra), 10, "recall") - per_user_gain(np.asarray(rb), 10, "recall")
+    return max(float(diff.std(ddof=1) / np.sqrt(len(diff))), 1e-9)
+
+
 def _unify_text(manifest: Mapping[str, Any]) -> str:
     """ " Unify (…): RFT = …; MOPD = …." for the unified models the release has ("" if none)."""
     rft_cfg = manifest["configs"].get("reasoner_unified/rft")
@@ -344,14 +357,26 @@ def section_markdown(
             # A floor keeps the ratio finite when every recall is 0 (tiny test sets).
             se = max(_se(max(t_rl, t_sft, nt), n) * 2**0.5, 1e-9)
 
+            pairs = (
+                _paired(expert, sft, "thinking", "thinking"),
+                _paired(expert, sft, "thinking", "nothinking"),
+                _paired(expert, expert, "thinking", "nothinking"),
+            )
+            if all(p is not None for p in pairs):
+                se1, se2, se3 = (float(p) for p in pairs)  # type: ignore[arg-type]
+                how = f"SE: paired over the same {n} users, from each user's hit"
+            else:
+                se1 = se2 = se3 = se
+                how = (
+                    f"SE: the standard error of a difference of two independent recalls on {n} "
+                    f"users, about {se:.3f}; the models are evaluated on the same users, so this "
+                    "is conservative"
+                )
             lines.append(
                 f"- Issue criteria — thinking after RL beats thinking after SFT: "
-                f"{_verdict(t_rl - t_sft, se)}; beats non-thinking after SFT: "
-                f"{_verdict(t_rl - nt, se)}; beats non-thinking of the same RL model: "
-                f"{_verdict(t_rl - nt_rl, se)}. (SE: the "
-                f"standard error of a difference of two independent recalls on {n} users, "
-                f"about {se:.3f}; the models are evaluated on the same users, so this is "
-                "conservative.)"
+                f"{_verdict(t_rl - t_sft, se1)}; beats non-thinking after SFT: "
+                f"{_verdict(t_rl - nt, se2)}; beats non-thinking of the same RL model: "
+                f"{_verdict(t_rl - nt_rl, se3)}. ({how}.)"
             )
             for label in ("unified RFT", "unified MOPD"):
                 if label in per_model and t_rl > 0:

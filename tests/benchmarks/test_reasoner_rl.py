@@ -107,3 +107,19 @@ def test_office_line_only_in_the_synthetic_section() -> None:
     link = office_line(SECTION, SYNTHETIC, with_office)
     assert link is not None and "(#reasoner-rl-on-amazon-office)" in link
     assert "not run" not in link
+
+
+def test_paired_standard_error_from_kept_ranks() -> None:
+    from benchmarks.reasoner_rl_report import _paired
+
+    a = {"ranks": {"thinking": [0, 3, -1, 12, 2], "nothinking": [0, -1, -1, 1, 2]}}
+    b = {"ranks": {"thinking": [0, -1, -1, 4, 2]}}
+    # Per-user Recall@10 differences a.thinking - b.thinking: 0, 1, 0, -1, 0.
+    d = [0.0, 1.0, 0.0, -1.0, 0.0]
+    mean = sum(d) / 5
+    sd = (sum((x - mean) ** 2 for x in d) / 4) ** 0.5
+    assert _paired(a, b, "thinking", "thinking") == pytest.approx(sd / 5**0.5)
+    # Thinking vs non-thinking of the same model: differences 0, 1, 0, -1, 0 as well.
+    assert _paired(a, a, "thinking", "nothinking") == pytest.approx(sd / 5**0.5)
+    assert _paired(a, {}, "thinking", "thinking") is None  # an older report: no ranks
+    assert _paired(a, {"ranks": {"thinking": [0]}}, "thinking", "thinking") is None

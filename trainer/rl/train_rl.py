@@ -40,7 +40,7 @@ from sid_index.trie import SIDTrie
 from slow_path import cot_format
 from slow_path.cot_format import PromptItem
 from trainer.checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
-from trainer.metrics import ranking_metrics
+from trainer.metrics import hit_ranks, ranking_metrics
 from trainer.reasoner.evaluation import recommendation
 from trainer.reasoner.generate import ReasonConfig, sid_offsets_of
 from trainer.reasoner.model import Reasoner
@@ -352,12 +352,14 @@ def recall_evaluator(
     batch_size: int = 16,
     prefix: str = "valid/",
     by_domain: bool = False,
+    on_ranks: Callable[[str, np.ndarray], None] | None = None,
 ) -> EvalFn:
     """An `EvalFn`: Recall/NDCG@5,k of greedy-thought + beam answers (`recommendation`) on
     `prompts`' users, in each of `modes` ("thinking", "nothinking"), optionally per domain.
 
     Metric names: `{prefix}{mode}/r3/recall@10` (+ R2 metrics in thinking mode) and, with
-    `by_domain`, `{prefix}{domain}/{mode}/recall@10`."""
+    `by_domain`, `{prefix}{domain}/{mode}/recall@10`. `on_ranks(mode, ranks)` receives the
+    (U,) 0-based hit ranks of each evaluation (-1 = miss), for paired comparisons."""
     bad = [m for m in modes if m not in ("thinking", "nothinking")]
     if bad or not modes:
         raise ConfigError(f"{modes=} must be a non-empty subset of ('thinking', 'nothinking')")
@@ -379,8 +381,10 @@ def recall_evaluator(
             )  # fmt: skip
             metrics, outputs = recommendation(reasoner, trie, histories, targets, config=cfg, ks=ks)
             out.update({prefix + name: v for name, v in metrics.items()})
+            topk = np.stack([o.items for o in outputs])
+            if on_ranks is not None:
+                on_ranks(mode, hit_ranks(topk, targets))
             if by_domain:
-                topk = np.stack([o.items for o in outputs])
                 for d in sorted(set(domains.tolist())):
                     rows = domains == d
                     m = ranking_metrics(topk[rows], targets[rows], ks).to_dict()

@@ -121,3 +121,19 @@ def test_rl_config_and_inputs_are_checked(world, make_reasoner, tmp_path: Path) 
         train_rl(
             make_reasoner(), None, world.prompts[:2], world.trie, world.codes, _cfg(1), tmp_path
         )
+
+
+def test_recall_evaluator_hands_out_the_per_user_ranks(world, make_reasoner) -> None:
+    prompts = world.prompts[:6]
+    seen: dict[str, np.ndarray] = {}
+    evaluate = recall_evaluator(
+        prompts, world.dataset.catalog, world.codes, world.trie, max_think_tokens=4,
+        modes=("thinking", "nothinking"), on_ranks=lambda mode, r: seen.setdefault(mode, r),
+    )  # fmt: skip
+    metrics = evaluate(make_reasoner(seed=1))
+    assert set(seen) == {"thinking", "nothinking"}
+    for mode in seen:
+        ranks = seen[mode]
+        assert ranks.shape == (6,) and ranks.min() >= -1 and ranks.max() < 10
+        # The means the evaluator reports are those of the ranks it handed out.
+        assert metrics[f"valid/{mode}/r3/recall@10"] == pytest.approx(float(np.mean(ranks >= 0)))
