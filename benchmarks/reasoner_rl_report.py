@@ -16,10 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sid_index.errors import ConfigError
-from trainer.metrics import per_user_gain
+from trainer.metrics import metrics_from_ranks, paired_difference
 
 SECTION = "## Reasoner RL (GRPO, specialize-then-unify)"
 OFFICE_SECTION = "## Reasoner RL on Amazon Office"
@@ -269,8 +267,8 @@ def _paired(a: Mapping[str, Any], b: Mapping[str, Any], mode_a: str, mode_b: str
     ra, rb = a.get("ranks", {}).get(mode_a), b.get("ranks", {}).get(mode_b)
     if ra is None or rb is None or len(ra) != len(rb) or len(ra) < 2:
         return None
-    diff = per_user_gain(np.asarray(ra), 10, "recall") - per_user_gain(np.asarray(rb), 10, "recall")
-    return max(float(diff.std(ddof=1) / np.sqrt(len(diff))), 1e-9)
+    _, se = paired_difference(metrics_from_ranks(ra, (10,)), metrics_from_ranks(rb, (10,)), 10)
+    return max(se, 1e-9)
 
 
 def _unify_text(manifest: Mapping[str, Any]) -> str:

@@ -108,15 +108,8 @@ def metrics_from_ranks(
     num_users = int(ranks.shape[0])
     if num_users == 0:
         raise DataError("cannot compute ranking metrics over zero users")
-    hit = ranks >= 0
-    # 1/log2(rank+2) where hit, 0 otherwise; clip keeps log2 finite for misses.
-    gain = np.where(hit, 1.0 / np.log2(np.clip(ranks, 0, None) + 2.0), 0.0)  # (U,)
-    recall: dict[int, float] = {}
-    ndcg: dict[int, float] = {}
-    for k in ks:
-        within = hit & (ranks < k)
-        recall[k] = float(within.mean())
-        ndcg[k] = float(np.where(within, gain, 0.0).mean())
+    recall = {k: float(per_user_gain(ranks, k, "recall").mean()) for k in ks}
+    ndcg = {k: float(per_user_gain(ranks, k, "ndcg").mean()) for k in ks}
     return RankingMetrics(recall=recall, ndcg=ndcg, num_users=num_users, ranks=ranks)
 
 
@@ -126,7 +119,7 @@ def per_user_gain(ranks: np.ndarray, k: int, metric: str) -> np.ndarray:
     within = (ranks >= 0) & (ranks < k)
     if metric == "recall":
         return within.astype(np.float64)
-    if metric == "ndcg":
+    if metric == "ndcg":  # 1/log2(rank+2) within k; the clip keeps log2 finite for misses
         return np.where(within, 1.0 / np.log2(np.clip(ranks, 0, None) + 2.0), 0.0)
     raise ConfigError(f"{metric=} must be 'recall' or 'ndcg'")
 

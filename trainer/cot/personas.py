@@ -165,6 +165,15 @@ def kmeans(
     return best
 
 
+def _fit_sample(num_users: int, config: PersonaConfig) -> np.ndarray | None:
+    """Sorted rows of a seeded sample of `config.max_fit_users` users (None: use them all); it
+    bounds the (U, F) histogram buffer of a fit."""
+    if num_users <= config.max_fit_users:
+        return None
+    rng = np.random.default_rng([config.seed, 7])
+    return np.sort(rng.choice(num_users, config.max_fit_users, replace=False))
+
+
 class PersonaModel:
     """Persona prototypes: centroids over item features plus readable names."""
 
@@ -209,10 +218,9 @@ class PersonaModel:
         cls, features: ItemFeatures, histories: Sequence[np.ndarray], config: PersonaConfig
     ) -> PersonaModel:
         """Discover `config.num_personas` prototypes from users' histories."""
-        rng = np.random.default_rng([config.seed, 7])
         usable = [h for h in histories if len(h)]
-        if len(usable) > config.max_fit_users:
-            pick = np.sort(rng.choice(len(usable), config.max_fit_users, replace=False))
+        pick = _fit_sample(len(usable), config)
+        if pick is not None:
             usable = [usable[i] for i in pick.tolist()]
         hist = user_histograms(features, usable, config.half_life)  # (U, F)
         hist = hist[hist.sum(axis=1) > 0]
@@ -254,9 +262,8 @@ class PersonaModel:
             )
         if names is not None and len(names) != k:
             raise DataError(f"{len(names)} persona names for {k} personas")
-        if len(histories) > config.max_fit_users:  # a seeded sample bounds the (U, F) buffer
-            rng = np.random.default_rng([config.seed, 7])
-            pick = np.sort(rng.choice(len(histories), config.max_fit_users, replace=False))
+        pick = _fit_sample(len(histories), config)
+        if pick is not None:
             histories, labels = [histories[i] for i in pick.tolist()], labels[pick]
         hist = user_histograms(features, histories, config.half_life)  # (U, F)
         has = hist.sum(axis=1) > 0

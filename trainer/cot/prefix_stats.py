@@ -104,9 +104,7 @@ class PrefixTransitions:
             codes: (N, L) SID codes of the catalogue.
             smoothing: pseudo-count added to every cell.
         """
-        k0 = int(np.asarray(codes)[:, 0].max(initial=0)) + 1
-        if k0 > _MAX_DENSE_PREFIXES:
-            raise DataError(f"{k0} level-0 codes: too many for a dense transition table")
+        k0 = _dense_level0_size(codes)
         items = np.asarray(items, dtype=np.int64)
         c0 = np.asarray(codes)[items, 0].astype(np.int64)  # (nnz,)
         # A pair (i, i+1) is inside one user unless i+1 starts a new sequence.
@@ -126,6 +124,14 @@ class PrefixTransitions:
         """(K0,) next-prefix distribution after level-0 code `last` (uniform if unknown)."""
         k0 = len(self.probs)
         return self.probs[last] if 0 <= last < k0 else np.full(k0, 1.0 / k0, dtype=np.float32)
+
+
+def _dense_level0_size(codes: np.ndarray) -> int:
+    """Level-0 codebook size of `codes` (N, L); DataError when too large for a dense table."""
+    k0 = int(np.asarray(codes)[:, 0].max(initial=0)) + 1
+    if k0 > _MAX_DENSE_PREFIXES:
+        raise DataError(f"{k0} level-0 codes: too many for a dense prefix table")
+    return k0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +161,7 @@ class PersonaPrefixes:
             smoothing: pseudo-count added to every cell.
         """
         codes = np.asarray(codes)
-        k0 = int(codes[:, 0].max(initial=0)) + 1
-        if k0 > _MAX_DENSE_PREFIXES:
-            raise DataError(f"{k0} level-0 codes: too many for a dense persona table")
+        k0 = _dense_level0_size(codes)
         personas = np.asarray(personas, dtype=np.int64)
         if personas.shape != (len(indptr) - 1,):
             raise DataError(f"{personas.shape=} does not match {len(indptr) - 1} sequences")

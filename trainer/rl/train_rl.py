@@ -40,7 +40,7 @@ from sid_index.trie import SIDTrie
 from slow_path import cot_format
 from slow_path.cot_format import PromptItem
 from trainer.checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
-from trainer.metrics import hit_ranks, ranking_metrics
+from trainer.metrics import hit_ranks, metrics_from_ranks
 from trainer.reasoner.evaluation import recommendation
 from trainer.reasoner.generate import ReasonConfig, sid_offsets_of
 from trainer.reasoner.model import Reasoner
@@ -382,14 +382,14 @@ def recall_evaluator(
             metrics, outputs = recommendation(reasoner, trie, histories, targets, config=cfg, ks=ks)
             out.update({prefix + name: v for name, v in metrics.items()})
             topk = np.stack([o.items for o in outputs])
+            ranks = hit_ranks(topk, targets)
             if on_ranks is not None:
-                on_ranks(mode, hit_ranks(topk, targets))
+                on_ranks(mode, ranks)
             if by_domain:
                 for d in sorted(set(domains.tolist())):
-                    rows = domains == d
-                    m = ranking_metrics(topk[rows], targets[rows], ks).to_dict()
-                    out[f"{prefix}{d}/{mode}/recall@{k}"] = float(m[f"recall@{k}"])
-                    out[f"{prefix}{d}/{mode}/ndcg@{k}"] = float(m[f"ndcg@{k}"])
+                    m = metrics_from_ranks(ranks[domains == d], ks, max_k=topk.shape[1])
+                    out[f"{prefix}{d}/{mode}/recall@{k}"] = m.recall[k]
+                    out[f"{prefix}{d}/{mode}/ndcg@{k}"] = m.ndcg[k]
         return out
 
     return evaluate
