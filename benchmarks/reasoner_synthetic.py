@@ -159,7 +159,15 @@ def steps_table(steps: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def train_reasoner(runner: Runner, rel: Path, args: argparse.Namespace) -> dict[str, Any]:
+def train_reasoner(
+    runner: Runner,
+    rel: Path,
+    args: argparse.Namespace,
+    *,
+    persona_source: str = "kmeans",
+    think_ratio: float = 0.5,
+    sft_cuts: int = 1,
+) -> dict[str, Any]:
     """Align, then SFT, a scratch:tiny reasoner in `rel` (each stage skipped when the release
     already has it); returns the metrics right after alignment (for R0/R1 before/after)."""
     common = ["--release", str(rel), "--threads", "1", "--batch-size", "16"]
@@ -171,7 +179,7 @@ def train_reasoner(runner: Runner, rel: Path, args: argparse.Namespace) -> dict[
             ["train", "reasoner-align", *common, "--base-model", "scratch:tiny",
              "--epochs", str(args.align_epochs), "--lr", "1e-3", "--warmup-steps", "50",
              "--eval-items", "200", "--max-think-tokens", str(args.think_tokens),
-             "--persona-source", getattr(args, "persona_source", "kmeans")],
+             "--persona-source", persona_source],
         )  # fmt: skip
     align_metrics = dict(manifest(rel)["metrics"]["reasoner"])
     if reasoner_stage(rel) == "sft":
@@ -180,8 +188,8 @@ def train_reasoner(runner: Runner, rel: Path, args: argparse.Namespace) -> dict[
         runner.run(
             "sft",
             ["train", "reasoner-sft", *common, "--epochs", str(args.sft_epochs), "--lr", "5e-4",
-             "--think-ratio", str(getattr(args, "think_ratio", 0.5)),
-             "--cuts-per-user", str(getattr(args, "sft_cuts", 1)),
+             "--think-ratio", str(think_ratio),
+             "--cuts-per-user", str(sft_cuts),
              "--eval-users", "200", "--align-replay", args.align_replay,
              "--max-think-tokens", str(args.think_tokens)],
         )  # fmt: skip
@@ -227,7 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ["index", "build", "--dataset", args.dataset, "--out", str(rel),
              "--levels", args.levels],
         )  # fmt: skip
-    align_metrics = train_reasoner(runner, rel, args)
+    align_metrics = train_reasoner(
+        runner, rel, args, persona_source=args.persona_source, think_ratio=args.think_ratio,
+        sft_cuts=args.sft_cuts,
+    )  # fmt: skip
     if "fast_model" in manifest(rel).get("parts", []):
         runner.skip("fast", "the release has a fast model")
     else:
