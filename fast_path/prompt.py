@@ -9,6 +9,9 @@ positions before it cannot attend to it, so training on a whole sequence at once
 a trace computed from the future into earlier predictions; and at serving time, events that
 arrived after the trace was computed simply follow it, which is exactly what a cached trace
 in Redis looks like. A fresh trace sits at the end of the prompt.
+
+With item tokens (`FastVocab.item_buckets > 0`) each history item is `sid(h) <i_h>`; the
+trace still follows a whole item and the answer is still the next item's SID tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from fast_path.vocab import BOS, INTEREST, PAD, TRACE, TRACE_END, FastVocab
+from sid_index.errors import ConfigError
 
 MAX_INTERESTS = 5
 
@@ -53,6 +57,7 @@ def encode(
     history_codes: np.ndarray,
     trace: TraceTokens | None = None,
     trace_at: int | None = None,
+    items: np.ndarray | None = None,
 ) -> np.ndarray:
     """Token ids of one prompt.
 
@@ -60,15 +65,25 @@ def encode(
         history_codes: (T, L) SID codes of the history, oldest first.
         trace: the trace, or None for no-trace mode.
         trace_at: number of history items the trace was computed from (default: all of them).
+        items: (T,) catalogue indices of the history; required when the vocabulary has item
+            tokens, ignored otherwise.
 
     Returns:
-        (1 + T*L [+ trace length],) int64 token ids.
+        (1 + T*tokens_per_item [+ trace length],) int64 token ids.
     """
-    hist = vocab.sid_tokens(history_codes).reshape(-1)
+    hist = vocab.sid_tokens(history_codes)
+    if vocab.item_buckets:
+        if items is None or len(items) != len(history_codes):
+            raise ConfigError(
+                f"this fast model reads item tokens: pass the {len(history_codes)} history "
+                f"items' catalogue indices (got {None if items is None else len(items)})"
+            )
+        hist = np.concatenate([hist, vocab.item_tokens(items)[:, None]], axis=1)
+    hist = hist.reshape(-1)
     if trace is None:
         return np.concatenate([[BOS], hist]).astype(np.int64)
     cut = len(history_codes) if trace_at is None else int(trace_at)
-    cut = min(max(cut, 0), len(history_codes)) * vocab.num_levels
+    cut = min(max(cut, 0), len(history_codes)) * vocab.tokens_per_item
     return np.concatenate([[BOS], hist[:cut], trace_token_ids(vocab, trace), hist[cut:]]).astype(
         np.int64
     )

@@ -283,7 +283,9 @@ class Recommender:
         if ctx.trace is not None:
             interests = sorted(ctx.trace.interests, key=lambda i: -i.weight)[:MAX_INTERESTS]
             tokens = TraceTokens(ctx.trace.persona.id, tuple(i.sid_prefix for i in interests))
-        job.prompt = encode(self.fast_model.vocab, self._codes[window], tokens, ctx.trace_at)
+        job.prompt = encode(
+            self.fast_model.vocab, self._codes[window], tokens, ctx.trace_at, items=window
+        )
         catalog = self.index.catalog
         excluded = [j for j in (catalog.get_index(i) for i in r.blocklist) if j is not None]
         if r.exclude_seen:
@@ -365,7 +367,7 @@ class Recommender:
 
     def _warmup(self) -> None:
         """One cold-start decode, so lazy initialisation does not land on the first request."""
-        bos = encode(self.fast_model.vocab, self._codes[:0])
+        bos = encode(self.fast_model.vocab, self._codes[:0], items=np.zeros(0, np.int64))
         beams = min(10, self.settings.beams_max, self.trie.num_items)
         self._search([bos], [self.filters.make([])], max(beams, 1))
 
@@ -385,9 +387,10 @@ def _model_step(model: Any, decoder: str) -> ModelStep[Any]:
 def _history_window(fast_model: FastModel, history_max: int, trained: int | None) -> int:
     """Newest history items that fit a prompt: settings cap, training window, and positions."""
     levels = fast_model.vocab.num_levels
+    per_item = fast_model.vocab.tokens_per_item  # L SID tokens (+ an item token)
     trace_len = 3 + MAX_INTERESTS * levels  # <trace> <p_k> (<interest> + L-1 codes)* </trace>
-    # <bos> + T·L history tokens + trace + L decoded tokens must fit the position table.
-    by_positions = (fast_model.config.max_positions - 1 - trace_len - levels) // levels
+    # <bos> + T·per_item history tokens + trace + L decoded tokens must fit the positions.
+    by_positions = (fast_model.config.max_positions - 1 - trace_len - levels) // per_item
     if by_positions < 1:
         raise ReleaseError(
             f"fast model max_positions={fast_model.config.max_positions} leaves no room for "

@@ -40,6 +40,14 @@ def register(subparsers: Any) -> None:
     fast.add_argument("--max-items", type=int, default=30, help="history window in items")
     fast.add_argument("--trace-dropout", type=float, default=0.2)
     fast.add_argument(
+        "--item-tokens",
+        type=_item_tokens_arg,
+        default=0,
+        metavar="none|all|N",
+        help="an item token after every history item's SID: 'all' = one per catalogue item, "
+        "N = items hashed into N buckets (bounded table for huge catalogues); default none",
+    )
+    fast.add_argument(
         "--hidden-dropout",
         type=float,
         default=0.0,
@@ -112,6 +120,19 @@ def _teacher_arg(p: argparse.ArgumentParser, default: str) -> None:
     )
 
 
+def _item_tokens_arg(value: str) -> int:
+    """`--item-tokens`: 'none' → 0, 'all' → -1 (the catalogue size, resolved later), N → N."""
+    if value in ("none", "all"):
+        return 0 if value == "none" else -1
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not 'none', 'all' or a count") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: the bucket count must be >= 0")
+    return n
+
+
 def _runs_dir(release: Path) -> Path:
     return release.parent / f"{release.name}.runs"
 
@@ -134,7 +155,10 @@ def _train_fast(args: argparse.Namespace) -> int:
     num_personas = (
         max(32, int(ws.dataset.personas.max()) + 1) if ws.dataset.personas is not None else 32
     )
-    vocab = FastVocab(ws.index.sids.level_sizes, num_personas=num_personas)
+    item_buckets = len(ws.codes) if args.item_tokens == -1 else args.item_tokens
+    vocab = FastVocab(
+        ws.index.sids.level_sizes, num_personas=num_personas, item_buckets=item_buckets
+    )
     model_cfg = FastModelConfig(
         hidden_size=args.hidden_size,
         num_layers=args.layers,
@@ -213,6 +237,7 @@ def _train_fast(args: argparse.Namespace) -> int:
                 "train": _asdict(train_cfg),
                 "teacher": args.teacher,
                 "max_items": args.max_items,  # the history window the fast path must use
+                "item_buckets": item_buckets,
             },
         )
         writer.set_metrics(

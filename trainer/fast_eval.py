@@ -74,6 +74,7 @@ def decode_topk(
                 fm.vocab,
                 codes[histories[r][-max_items:]],
                 None if traces is None else traces[r],
+                items=histories[r][-max_items:],
             )
             for r in rows
         ]

@@ -134,9 +134,10 @@ def make_batch(
 
     Returns:
         input_ids (B, T), attention_mask (B, T), labels (B, T) with -100 everywhere except
-        on the history items' SID tokens (never on trace tokens).
+        on the history items' SID tokens (never on trace or item tokens).
     """
-    L = fm.vocab.num_levels
+    L = codes.shape[-1]  # SID tokens per item (the vocabulary's levels, or a prefix of them)
+    per_item = L + (1 if fm.vocab.item_buckets else 0)
     rows: list[np.ndarray] = []
     label_rows: list[np.ndarray] = []
     for i, (u, seq) in enumerate(zip(users, sequences, strict=True)):
@@ -151,12 +152,14 @@ def make_batch(
             else:
                 cut = _random_cut(n, cfg.min_trace_frac, rng)
             trace = teacher.trace(int(u), seq[: start + cut])
-        tokens = encode(fm.vocab, codes[window], trace, cut)
-        is_item = np.ones(len(tokens), dtype=bool)
-        is_item[0] = False  # <bos>
+        tokens = encode(fm.vocab, codes[window], trace, cut, items=window)
+        # Per item: L SID tokens (labelled) then, with item tokens, one unlabelled token.
+        in_item = np.tile(np.arange(per_item) < L, n)
+        is_item = np.concatenate([[False], in_item])  # <bos>
         if trace is not None:
-            t0 = 1 + cut * L
-            is_item[t0 : t0 + len(tokens) - 1 - n * L] = False
+            t0 = 1 + cut * per_item
+            trace_len = len(tokens) - 1 - n * per_item
+            is_item = np.concatenate([is_item[:t0], np.zeros(trace_len, bool), is_item[t0:]])
         rows.append(tokens)
         label_rows.append(np.where(is_item, tokens, -100))
     width = max(len(r) for r in rows)
@@ -238,6 +241,28 @@ def add_dropout_hooks(model: torch.nn.Module, p: float) -> list[RemovableHandle]
     return handles
 
 
+class DecodableLogits(torch.nn.Module):
+    """The fast model's forward pass with logits over the decodable vocabulary only.
+
+    Item tokens (`FastVocab.item_buckets`) are read but never predicted, so the output layer
+    skips them: no softmax mass spent on thousands of impossible tokens, and no gradient
+    pushing their (tied) input embeddings away from the hidden states. Without item tokens
+    this is the plain HF forward.
+    """
+
+    def __init__(self, lm: torch.nn.Module, decodable: int) -> None:
+        super().__init__()
+        self.lm = lm
+        self.decodable = decodable
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        head = self.lm.get_output_embeddings()
+        if self.decodable >= head.weight.shape[0]:
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits
+        hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask)
+        return F.linear(hidden.last_hidden_state, head.weight[: self.decodable])
+
+
 def next_token_loss(
     logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
 ) -> torch.Tensor:
@@ -303,10 +328,10 @@ def train_fast_model(
     device = next(fm.model.parameters()).device
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model: torch.nn.Module = fm.model
+    model: torch.nn.Module = DecodableLogits(fm.model, fm.vocab.item_offset)
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(
-            fm.model, device_ids=[device.index] if device.type == "cuda" else None
+            model, device_ids=[device.index] if device.type == "cuda" else None
         )
     opt = torch.optim.AdamW(fm.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     order = np.arange(len(sequences))
@@ -360,7 +385,7 @@ def train_fast_model(
                 with torch.autocast(
                     device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"
                 ):
-                    logits = model(input_ids=ids, attention_mask=mask).logits
+                    logits = model(ids, mask)
                     loss = next_token_loss(logits, labels, cfg.label_smoothing)
                 (loss / cfg.grad_accum).backward()
                 if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches):

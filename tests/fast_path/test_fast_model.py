@@ -74,3 +74,43 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path: Path, arch: str) 
 def test_load_refuses_non_model_directory(tmp_path: Path) -> None:
     with pytest.raises(ReleaseError):
         FastModel.load(tmp_path)
+
+
+def test_item_tokens_follow_the_sid_range_and_hash_by_bucket(tmp_path: Path) -> None:
+    v = FastVocab(level_sizes=(4, 3, 2), num_personas=5, item_buckets=6)
+    assert v.item_offset == 21 and v.size == 27 and v.tokens_per_item == 4
+    assert v.sid_offsets.tolist() == [12, 16, 19]  # SID ids do not move
+    assert v.item_tokens(np.array([0, 5, 6, 13])).tolist() == [21, 26, 21, 22]
+    assert v.token_strings()[21] == "<i_0>" and len(v.token_strings()) == v.size
+    v.save(tmp_path)
+    assert FastVocab.load(tmp_path) == v
+    with pytest.raises(ConfigError):
+        v.item_tokens(np.array([-1]))
+    with pytest.raises(ConfigError):
+        FastVocab(level_sizes=(4,), item_buckets=-1)
+    with pytest.raises(ConfigError):
+        FastVocab(level_sizes=(4, 3, 2)).item_tokens(np.array([0]))
+
+
+def test_vocab_files_from_before_item_tokens_still_load(tmp_path: Path) -> None:
+    (tmp_path / "fast_vocab.json").write_text('{"level_sizes": [4, 3], "num_personas": 2}')
+    v = FastVocab.load(tmp_path)
+    assert v.item_buckets == 0 and v.tokens_per_item == 2 and v.size == 7 + 2 + 7
+
+
+def test_prompt_with_item_tokens_puts_each_after_its_sid_and_the_trace_after_an_item() -> None:
+    v = FastVocab(level_sizes=(4, 3, 2), num_personas=5, item_buckets=10)
+    hist = np.array([[1, 2, 0], [3, 0, 1]])
+    items = np.array([7, 12])
+    trace = TraceTokens(persona_id=2, interests=((1,),))
+    t = trace_token_ids(v, trace)
+    assert encode(v, hist, items=items).tolist() == [BOS, 13, 18, 19, 28, 15, 16, 20, 23]
+    p = encode(v, hist, trace, trace_at=1, items=items)
+    assert p[1:5].tolist() == [13, 18, 19, 28]
+    assert p[5 : 5 + len(t)].tolist() == t.tolist()
+    assert p[5 + len(t) :].tolist() == [15, 16, 20, 23]
+    assert encode(v, hist[:0], items=items[:0]).tolist() == [BOS]
+    with pytest.raises(ConfigError, match="item tokens"):
+        encode(v, hist)
+    with pytest.raises(ConfigError, match="item tokens"):
+        encode(v, hist, items=items[:1])

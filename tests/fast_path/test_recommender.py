@@ -64,7 +64,7 @@ def _reference(
     """Item ids decoded straight from the beam search on a prompt built here."""
     catalog, sids = release.index.catalog, release.index.sids
     window = [catalog.index_of(i) for i in history][-WINDOW:]
-    prompt = encode(release.fast_model.vocab, sids.codes[window], trace, trace_at)
+    prompt = encode(release.fast_model.vocab, sids.codes[window], trace, trace_at, items=window)
     ids, mask = left_pad([prompt])
     trie = release.index.trie
     exclusion = Exclusion.build(trie, [[catalog.index_of(i) for i in excluded]])
@@ -114,6 +114,52 @@ def test_from_release_loads_and_answers(tiny_release: Any) -> None:
         assert it.source == "fast" and it.interest is None
         assert it.item_id not in history  # exclude_seen by default
     assert _ids(out) == _reference(tiny_release, history, beams=8, k=5, excluded=history)
+
+
+def test_a_fast_model_with_item_tokens_reads_each_history_item(
+    tmp_path: Any, tiny_release: Any
+) -> None:
+    from types import SimpleNamespace
+
+    from fast_path.fast_model import FastModel, FastModelConfig, build_model
+    from fast_path.settings import RecommenderSettings
+    from fast_path.vocab import FastVocab
+    from sid_index.release import ReleaseWriter
+
+    index = tiny_release.index
+    assert index.sids.codes.shape[1] == 3
+    vocab = FastVocab(index.sids.level_sizes, num_personas=4, item_buckets=len(index.sids.codes))
+    arch = FastModelConfig(
+        hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
+        max_positions=64, dropout=0.0,
+    )  # fmt: skip
+    torch.manual_seed(1)
+    model = build_model(vocab, arch)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.normal_(0.0, 0.3)
+    with ReleaseWriter(tmp_path / "r") as w:
+        index.save(w.part_dir("sid_index"))
+        FastModel(model.eval(), vocab, arch).save(w.part_dir("fast_model"))
+        w.set_config("fast_model", {"max_items": WINDOW})
+    rec = Recommender.from_release(
+        tmp_path / "r", trace_store=None, history_store=None,
+        settings=RecommenderSettings.load(num_threads=1, warmup=True),
+    )  # fmt: skip
+    # 64 positions: <bos>, a trace of up to 18 tokens and 3 answer tokens leave 42 for the
+    # history, 4 tokens per item (3 SID tokens + the item token) -> 10 items, not 12 or 14.
+    assert rec.history_window == 10
+    history = tiny_release.history(0)
+    out = rec.recommend(RecommendRequest("u0", history=history, k=5, num_beams=8))
+    served = SimpleNamespace(index=index, fast_model=rec.fast_model)
+    window = history[-rec.history_window :]
+    assert _ids(out) == _reference(served, window, beams=8, k=5, excluded=history)
+    # The item tokens matter: the same SIDs with other item tokens rank differently.
+    with torch.no_grad():
+        rec.fast_model.model.get_input_embeddings().weight[vocab.item_offset :].normal_(0.0, 0.3)
+    again = rec.recommend(RecommendRequest("u0", history=history, k=5, num_beams=8))
+    assert [it.score for it in again.items] != [it.score for it in out.items]
 
 
 def test_from_release_refuses_a_release_without_fast_model(

@@ -11,6 +11,7 @@ from fast_path.fast_model import FastModel, FastModelConfig, build_model
 from fast_path.vocab import TRACE, TRACE_END, FastVocab
 from trainer.checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from trainer.fast_trainer import (
+    DecodableLogits,
     FastTrainConfig,
     add_dropout_hooks,
     draw_trace_cuts,
@@ -160,3 +161,52 @@ def test_fixed_trace_cuts_are_precomputed_in_one_batch(tmp_path: Path) -> None:
     assert result.epochs_run == 2
     assert teacher.calls == 1  # one batched decode; every trace() during training was a hit
     assert len(teacher.cache) == sum(len(c) for c in cuts)
+
+
+def _item_fm(buckets: int = 12) -> FastModel:
+    vocab = FastVocab(level_sizes=(4, 3, 1), num_personas=2, item_buckets=buckets)
+    cfg = FastModelConfig(
+        hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=32,
+        max_positions=256,
+    )  # fmt: skip
+    return FastModel(build_model(vocab, cfg), vocab, cfg)
+
+
+def test_item_tokens_are_read_but_never_labelled() -> None:
+    fm = _item_fm()
+    teacher = DominantPrefixTeacher(CODES, prefix_len=1)
+    seqs = [np.arange(10) % 12, np.array([3, 5, 7])]
+    cfg = FastTrainConfig(trace_dropout=0.0, max_items=8)
+    ids, mask, labels = make_batch(fm, CODES, [0, 1], seqs, teacher, cfg, np.random.default_rng(0))
+    for row in range(2):
+        window = seqs[row][-cfg.max_items :]
+        tok, lab = ids[row][mask[row].bool()], labels[row][mask[row].bool()]
+        is_item_token = tok >= fm.vocab.item_offset
+        assert torch.equal(tok[is_item_token], torch.from_numpy(fm.vocab.item_tokens(window)))
+        assert (lab[is_item_token] == -100).all()
+        expected = torch.from_numpy(fm.vocab.sid_tokens(CODES[window]).reshape(-1))
+        assert torch.equal(lab[lab != -100], expected)
+        start = int((tok == TRACE).nonzero())
+        assert tok[start - 1] >= fm.vocab.item_offset  # the trace follows a whole item
+
+
+def test_decodable_logits_skip_item_tokens_and_match_the_hf_head() -> None:
+    fm = _item_fm()
+    ids, mask, _ = make_batch(
+        fm, CODES, [0], [np.arange(6)], None, FastTrainConfig(), np.random.default_rng(0)
+    )
+    fm.model.eval()
+    ours = DecodableLogits(fm.model, fm.vocab.item_offset)(ids, mask)
+    full = fm.model(input_ids=ids, attention_mask=mask).logits
+    assert ours.shape[-1] == fm.vocab.item_offset
+    torch.testing.assert_close(ours, full[..., : fm.vocab.item_offset])
+    # no item tokens: the plain HF forward
+    plain = _fm()
+    ids, mask, _ = make_batch(
+        plain, CODES, [0], [np.arange(6)], None, FastTrainConfig(), np.random.default_rng(0)
+    )
+    plain.model.eval()
+    torch.testing.assert_close(
+        DecodableLogits(plain.model, plain.vocab.size)(ids, mask),
+        plain.model(input_ids=ids, attention_mask=mask).logits,
+    )

@@ -55,11 +55,17 @@ def test_train_fast_then_eval(tmp_path: Path) -> None:
                 "50",
                 "--max-items",
                 "3",
+                "--item-tokens",
+                "50",
             ]
         )
         == 0
     )
     release = load_release(rel, require=["sid_index", "fast_model"])
+    # 120 items hashed into 50 item tokens, read after each history item's SID
+    assert release.manifest.configs["fast_model"]["item_buckets"] == 50
+    vocab = json.loads((rel / "fast_model" / "fast_vocab.json").read_text())
+    assert vocab["item_buckets"] == 50
     metrics = release.manifest.metrics["fast_model"]
     assert metrics["epochs_run"] == 2 and "valid/recall@10" in metrics
     runs = tmp_path / "rel.runs"
@@ -121,6 +127,9 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     )
     assert main(["train", "fast", "--release", str(rel), "--teacher", "psychic"]) == 2
     assert "unknown teacher" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "fast", "--release", str(rel), "--item-tokens", "lots"])
+    assert "not 'none', 'all' or a count" in capsys.readouterr().err
     assert main(["eval", "--release", str(rel), "--baselines", "magic"]) == 2
     assert "unknown baselines" in capsys.readouterr().err
 
@@ -175,6 +184,8 @@ def test_train_fast_runs_unchanged_under_torchrun(tmp_path: Path) -> None:
         "1",
         "--eval-users",
         "30",
+        "--item-tokens",
+        "all",  # DDP over the decodable-logits head (item tokens read, never predicted)
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
