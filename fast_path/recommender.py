@@ -43,6 +43,7 @@ from fast_path.errors import EmptyHistoryError, RequestError, UnknownItemError
 from fast_path.explanation import explain, spell_items
 from fast_path.fast_model import FastModel
 from fast_path.filters import CatalogFilters, RequestFilter
+from fast_path.item_head import item_head_logits, rerank
 from fast_path.model_step import HFModelStep, ModelStep, SharedPrefixStep
 from fast_path.prompt import MAX_INTERESTS, TraceTokens, encode, left_pad
 from fast_path.records import (
@@ -99,17 +100,25 @@ class Recommender:
         history_store: HistoryStore | None,
         settings: RecommenderSettings,
         trained_window: int | None = None,
+        item_head_weight: float = 0.0,
     ) -> None:
         """Wire loaded parts together (`from_release` loads them from a release directory).
 
         Args:
             trained_window: history window (items) the fast model was trained on, if known.
+            item_head_weight: > 0 re-ranks every beam with the model's item head
+                (`fast_path/item_head.py`; the release records the trained model's value).
         """
         vocab = fast_model.vocab
         if tuple(vocab.level_sizes) != tuple(index.sids.level_sizes):
             raise ReleaseError(
                 f"fast model vocabulary levels {vocab.level_sizes} do not match the SID index "
                 f"levels {index.sids.level_sizes}: the parts come from different builds"
+            )
+        if item_head_weight < 0 or (item_head_weight > 0 and not vocab.item_buckets):
+            raise ReleaseError(
+                f"{item_head_weight=} needs >= 0 and a fast model with item tokens "
+                f"(this one has {vocab.item_buckets} item buckets)"
             )
         if settings.num_threads is not None:
             torch.set_num_threads(settings.num_threads)
@@ -126,6 +135,7 @@ class Recommender:
         self._offsets = torch.from_numpy(vocab.sid_offsets)  # (L,)
         self._device = torch.device(settings.device)
         self._step = _model_step(fast_model.model, settings.decoder)
+        self.item_head_weight = item_head_weight
         self.history_window = _history_window(fast_model, settings.history_max, trained_window)
         """Newest history items put in a prompt."""
         self._context = UserContextReader(
@@ -162,7 +172,8 @@ class Recommender:
         )
         index = SIDIndex.load(release.part("sid_index"))
         fast_model = FastModel.load(release.part("fast_model"), device=settings.device)
-        trained = release.manifest.configs.get("fast_model", {}).get("max_items")
+        fast_config = release.manifest.configs.get("fast_model", {})
+        trained = fast_config.get("max_items")
         return cls(
             fast_model,
             index,
@@ -171,6 +182,7 @@ class Recommender:
             history_store=history_store,
             settings=settings,
             trained_window=trained if isinstance(trained, int) and trained > 0 else None,
+            item_head_weight=float(fast_config.get("item_head_weight", 0.0)),
         )
 
     # ---- small queries ---------------------------------------------------------------------
@@ -319,17 +331,17 @@ class Recommender:
         input_ids, attention_mask = left_pad(prompts)  # (B, T)
         exclusion = self.filters.exclusion(filters)
         config = BeamSearchConfig(num_beams=beams, num_return=beams)
+        input_ids, attention_mask = input_ids.to(self._device), attention_mask.to(self._device)
         with self._lock, torch.inference_mode():
             result = constrained_beam_search(
-                self._step,
-                input_ids.to(self._device),
-                attention_mask.to(self._device),
-                self.trie,
-                self._offsets,
-                config,
-                exclusion,
+                self._step, input_ids, attention_mask, self.trie, self._offsets, config, exclusion
             )
-        return result.items.cpu().numpy(), result.scores.cpu().numpy().astype(np.float64)
+            items, scores = result.items, result.scores
+            if self.item_head_weight > 0:
+                model, vocab = self.fast_model.model, self.fast_model.vocab
+                head = item_head_logits(model, vocab, input_ids, attention_mask, items)
+                items, scores = rerank(items, scores, head, self.item_head_weight, beams)
+        return items.cpu().numpy(), scores.cpu().numpy().astype(np.float64)
 
     def _answer(self, job: _Job, timings: dict[str, float]) -> Recommendation:
         """Blend, cut to k and spell out one job's items."""

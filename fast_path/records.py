@@ -44,7 +44,8 @@ class RecommendedItem:
 
     item_id: str
     score: float
-    """Ranking score: summed SID log-probability of the fast model, or the blend policy's."""
+    """Ranking score: summed SID log-probability of the fast model (plus the weighted item-head
+    logit when the release's model has an item head), or the blend policy's."""
     title: str
     sid: str
     """The item's SID spelled as tokens, e.g. "<a_1><b_2><c_3>"."""

@@ -55,6 +55,13 @@ def register(subparsers: Any) -> None:
     )
     fast.add_argument("--label-smoothing", type=float, default=0.0)
     fast.add_argument(
+        "--item-loss-weight",
+        type=float,
+        default=0.0,
+        help="with --item-tokens: also train an item head (softmax over item tokens) and "
+        "re-rank the SID beam with it (validation, eval and serving; fast_path/item_head.py)",
+    )
+    fast.add_argument(
         "--trace-cuts",
         type=int,
         help="fixed trace cuts per user, traces decoded in batches before training "
@@ -86,6 +93,12 @@ def register(subparsers: Any) -> None:
     ev.add_argument("--release", type=Path, required=True)
     ev.add_argument("--dataset", help="dataset spec (default: the one the release recorded)")
     ev.add_argument("--split", choices=("valid", "test"), default="test")
+    ev.add_argument(
+        "--item-head-weight",
+        type=float,
+        help="re-rank the fast model's beam with its item head (0: the SID beam alone; "
+        "default: the value the release recorded, what the fast path serves)",
+    )
     ev.add_argument(
         "--teachers",
         default="none,rule",
@@ -179,6 +192,7 @@ def _train_fast(args: argparse.Namespace) -> int:
             else (2 if args.teacher == "reasoner" else 0)
         ),
         label_smoothing=args.label_smoothing,
+        item_loss_weight=args.item_loss_weight,
         weight_decay=args.weight_decay,
         patience=args.patience,
         mixed_precision=args.mixed_precision,
@@ -189,9 +203,15 @@ def _train_fast(args: argparse.Namespace) -> int:
     valid = ws.split.valid_inputs(args.max_items)
     valid_users = ws.split.user_index[valid.users]
 
+    # A model with an item head is decoded (validated, evaluated, served) with it.
+    head_weight = 1.0 if args.item_loss_weight > 0 else 0.0
+
     def validate(model: FastModel) -> dict[str, float]:
         out: dict[str, float] = {}
-        for mode, t in (("trace", teacher), ("notrace", None)):
+        runs = [("trace", teacher, head_weight), ("notrace", None, head_weight)]
+        if head_weight > 0:
+            runs.append(("sid", None, 0.0))  # the SID beam alone, for comparison
+        for mode, t, weight in runs:
             if mode == "trace" and t is None:
                 continue
             m = evaluate_fast(
@@ -204,8 +224,10 @@ def _train_fast(args: argparse.Namespace) -> int:
                 num_beams=args.beams,
                 limit=args.eval_users,
                 max_items=args.max_items,
+                item_head_weight=weight,
             )
-            suffix = "_notrace" if mode == "notrace" and teacher is not None else ""
+            suffix = "" if mode == "trace" or teacher is None else "_notrace"
+            suffix = "_sid" if mode == "sid" else suffix
             out.update(
                 {f"valid/{k}{suffix}": v for k, v in m.to_dict().items() if k != "num_users"}
             )
@@ -238,6 +260,7 @@ def _train_fast(args: argparse.Namespace) -> int:
                 "teacher": args.teacher,
                 "max_items": args.max_items,  # the history window the fast path must use
                 "item_buckets": item_buckets,
+                "item_head_weight": head_weight,  # decode default (fast_path/item_head.py)
             },
         )
         writer.set_metrics(
@@ -278,6 +301,7 @@ def _eval(args: argparse.Namespace) -> int:
         tiers=tuple(t for t in args.tiers.split(",") if t),
         modes=tuple(m for m in args.modes.split(",") if m),
         max_think_tokens=args.max_think_tokens,
+        item_head_weight=args.item_head_weight,
     )
     report = run_evaluation(request)
     out = args.out or _runs_dir(args.release) / f"eval-{args.split}.json"

@@ -55,6 +55,9 @@ class EvalRequest:
     max_items: int | None = None
     """History window of the fast model (default: the window it was trained on, as the
     release records it — the window the fast path serves with)."""
+    item_head_weight: float | None = None
+    """Item-head re-ranking weight (`fast_path/item_head.py`; 0 = the SID beam alone);
+    default: the value the release recorded for its fast model (what the fast path serves)."""
     tiers: tuple[str, ...] = ()
     """Reasoner tiers (r0, r1, r2, r3); empty: the reasoner is not evaluated."""
     modes: tuple[str, ...] = REASONER_MODES
@@ -69,6 +72,8 @@ class EvalRequest:
         if unknown:
             raise ConfigError(f"unknown baselines {unknown}; choose from {BASELINES}")
         check_reasoner_tiers(self.tiers, self.modes)
+        if self.item_head_weight is not None and self.item_head_weight < 0:
+            raise ConfigError(f"{self.item_head_weight=} must be >= 0")
         if self.max_think_tokens is not None and self.max_think_tokens < 1:
             raise ConfigError(f"{self.max_think_tokens=} must be >= 1")
 
@@ -96,9 +101,13 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
     window: int | None = None
     if ws.release.has_part("fast_model"):
         fm = FastModel.load(ws.release.part("fast_model"))
-        window = req.max_items or int(
-            ws.release.manifest.configs.get("fast_model", {}).get("max_items", 30)
-        )
+        fast_config = ws.release.manifest.configs.get("fast_model", {})
+        window = req.max_items or int(fast_config.get("max_items", 30))
+        head_weight = req.item_head_weight
+        if head_weight is None:
+            head_weight = float(fast_config.get("item_head_weight", 0.0))
+        if head_weight > 0 and not fm.vocab.item_buckets:
+            raise ConfigError("--item-head-weight > 0 needs a fast model with item tokens")
         users = ws.split.user_index[samples.users]
         measured: dict[str, tuple[RankingMetrics, dict[str, Any]]] = {}
         for name in req.teachers:
@@ -115,9 +124,12 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
                 num_beams=req.beams,
                 limit=req.limit,
                 max_items=window,
+                item_head_weight=head_weight,
                 show_progress=True,
             )
             extra: dict[str, Any] = {}
+            if head_weight > 0:
+                extra["item_head_weight"] = head_weight
             stats = getattr(teacher, "stats", None)  # the reasoner counts parse failures
             if stats is not None:
                 extra = {"parseable_traces": stats.parse_rate, "trace_stats": stats.to_dict()}
@@ -125,7 +137,7 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
                 extra["labelled_personas"] = True  # the users' own labels: an oracle persona
             rows.append(
                 _row(
-                    f"fast model, trace: {name}",
+                    f"fast model, trace: {name}" + (", item head" if head_weight > 0 else ""),
                     m,
                     seconds=round(time.perf_counter() - t, 1),
                     **extra,

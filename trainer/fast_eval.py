@@ -16,6 +16,7 @@ import torch
 
 from fast_path.beam_search import BeamSearchConfig, constrained_beam_search
 from fast_path.fast_model import FastModel
+from fast_path.item_head import item_head_logits, rerank
 from fast_path.model_step import HFModelStep, ModelStep, SharedPrefixStep
 from fast_path.prompt import TraceTokens, encode, left_pad
 from sid_index.datasets.splits import SequenceSamples
@@ -45,6 +46,7 @@ def decode_topk(
     num_beams: int = 20,
     batch_size: int = 64,
     max_items: int = 30,
+    item_head_weight: float = 0.0,
     show_progress: bool = False,
 ) -> np.ndarray:
     """Top-k catalogue items per history, best first.
@@ -54,6 +56,8 @@ def decode_topk(
         histories: per sample, catalogue indices oldest first (the last `max_items` are used).
         traces: per sample, a trace (placed after the whole history) or None; None for all
             samples means no-trace mode.
+        item_head_weight: > 0 re-ranks the whole beam with the model's item head
+            (`fast_path/item_head.py`) before keeping the top k.
 
     Returns:
         (S, k) int64 item indices, -1 where fewer than k items could be decoded.
@@ -61,7 +65,8 @@ def decode_topk(
     if traces is not None and len(traces) != len(histories):
         raise ConfigError(f"{len(traces)} traces for {len(histories)} histories")
     step = model_step_for(fm)
-    config = BeamSearchConfig(num_beams=num_beams, num_return=k)
+    rerank_beam = item_head_weight > 0
+    config = BeamSearchConfig(num_beams=num_beams, num_return=num_beams if rerank_beam else k)
     offsets = fm.vocab.sid_offsets
     out = np.full((len(histories), k), -1, dtype=np.int64)
     # Sorting by length keeps left padding small inside each batch.
@@ -80,10 +85,13 @@ def decode_topk(
         ]
         ids, mask = left_pad(prompts)
         device = next(fm.model.parameters()).device
-        result = constrained_beam_search(
-            step, ids.to(device), mask.to(device), trie, offsets, config
-        )
-        out[rows] = result.items.cpu().numpy()
+        ids, mask = ids.to(device), mask.to(device)
+        result = constrained_beam_search(step, ids, mask, trie, offsets, config)
+        items = result.items
+        if rerank_beam:
+            head = item_head_logits(fm.model, fm.vocab, ids, mask, items)
+            items, _ = rerank(items, result.scores, head, item_head_weight, k)
+        out[rows] = items.cpu().numpy()
     return out
 
 
@@ -109,6 +117,7 @@ def evaluate_fast(
     max_items: int = 30,
     limit: int | None = None,
     seed: int = 0,
+    item_head_weight: float = 0.0,
     show_progress: bool = False,
 ) -> RankingMetrics:
     """Recall/NDCG@ks of the fast model on (history, target) samples.
@@ -137,6 +146,7 @@ def evaluate_fast(
             num_beams=max(num_beams, max(ks)),
             batch_size=batch_size,
             max_items=max_items,
+            item_head_weight=item_head_weight,
             show_progress=show_progress,
         )
     return ranking_metrics(topk, samples.targets[idx], ks=tuple(ks))

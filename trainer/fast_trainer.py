@@ -29,7 +29,7 @@ from torch.utils.hooks import RemovableHandle
 
 from fast_path.fast_model import FastModel
 from fast_path.prompt import encode
-from fast_path.vocab import PAD
+from fast_path.vocab import PAD, FastVocab
 from sid_index.errors import ConfigError
 from trainer.checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from trainer.teachers import TraceTeacher
@@ -82,6 +82,11 @@ class FastTrainConfig:
     model is a plain HF model."""
     label_smoothing: float = 0.0
     """Label smoothing of the next-token cross-entropy."""
+    item_loss_weight: float = 0.0
+    """Weight of the item-head loss (needs item tokens): wherever the next item's first SID
+    token is predicted, the same hidden state also predicts that item's *item token* with a
+    softmax over the item tokens (SASRec's full-softmax objective through the tied item-token
+    embeddings). Decoding can then re-rank the beam with it (`fast_path/item_head.py`)."""
     mixed_precision: str = "no"
     """"no" or "bf16" (autocast)."""
     seed: int = 0
@@ -98,6 +103,8 @@ class FastTrainConfig:
             raise ConfigError(f"{self.min_trace_frac=} must be in [0, 1]")
         if not 0.0 <= self.hidden_dropout < 1.0:
             raise ConfigError(f"{self.hidden_dropout=} must be in [0, 1)")
+        if self.item_loss_weight < 0:
+            raise ConfigError(f"{self.item_loss_weight=} must be >= 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"{self.label_smoothing=} must be in [0, 1)")
         if self.mixed_precision not in ("no", "bf16"):
@@ -244,10 +251,11 @@ def add_dropout_hooks(model: torch.nn.Module, p: float) -> list[RemovableHandle]
 class DecodableLogits(torch.nn.Module):
     """The fast model's forward pass with logits over the decodable vocabulary only.
 
-    Item tokens (`FastVocab.item_buckets`) are read but never predicted, so the output layer
+    Item tokens (`FastVocab.item_buckets`) are read but never decoded, so the output layer
     skips them: no softmax mass spent on thousands of impossible tokens, and no gradient
     pushing their (tied) input embeddings away from the hidden states. Without item tokens
-    this is the plain HF forward.
+    this is the plain HF forward. With `item_rows/item_cols`, the hidden states at those
+    positions are also scored against every item token (the item head's training logits).
     """
 
     def __init__(self, lm: torch.nn.Module, decodable: int) -> None:
@@ -255,12 +263,40 @@ class DecodableLogits(torch.nn.Module):
         self.lm = lm
         self.decodable = decodable
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        item_rows: torch.Tensor | None = None,
+        item_cols: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         head = self.lm.get_output_embeddings()
         if self.decodable >= head.weight.shape[0]:
-            return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask).logits, None
         hidden = self.lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask)
-        return F.linear(hidden.last_hidden_state, head.weight[: self.decodable])
+        h = hidden.last_hidden_state
+        logits = F.linear(h, head.weight[: self.decodable])
+        if item_rows is None or item_cols is None:
+            return logits, None
+        return logits, F.linear(h[item_rows, item_cols], head.weight[self.decodable :])
+
+
+def item_head_targets(
+    vocab: FastVocab, ids: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the item head trains, from a `make_batch` batch with item tokens.
+
+    Returns:
+        rows, cols: positions whose next token is an item's first SID token (`<bos>`, an
+            item token or `</trace>`: the positions that start decoding an item);
+        targets: that item's item-token index (0..item_buckets-1), read off the item token
+            L positions after its first SID token.
+    """
+    first = int(vocab.sid_offsets[0])
+    starts = (labels >= first) & (labels < first + vocab.level_sizes[0])
+    rows, cols = starts.nonzero(as_tuple=True)
+    targets = ids[rows, cols + vocab.num_levels] - vocab.item_offset
+    return rows, cols - 1, targets
 
 
 def next_token_loss(
@@ -324,6 +360,8 @@ def train_fast_model(
         evaluate: validation callback, called on rank 0 after every epoch.
         resume: continue from `out_dir/last` when it exists.
     """
+    if cfg.item_loss_weight > 0 and not fm.vocab.item_buckets:
+        raise ConfigError("item_loss_weight > 0 needs a fast vocabulary with item tokens")
     rank, world = _dist_info()
     device = next(fm.model.parameters()).device
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -385,8 +423,14 @@ def train_fast_model(
                 with torch.autocast(
                     device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"
                 ):
-                    logits = model(ids, mask)
+                    rows = cols = targets = None
+                    if cfg.item_loss_weight > 0:
+                        rows, cols, targets = item_head_targets(fm.vocab, ids, labels)
+                    logits, item_logits = model(ids, mask, rows, cols)
                     loss = next_token_loss(logits, labels, cfg.label_smoothing)
+                    if item_logits is not None:
+                        item_loss = F.cross_entropy(item_logits.float(), targets)
+                        loss = loss + cfg.item_loss_weight * item_loss
                 (loss / cfg.grad_accum).backward()
                 if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches):
                     torch.nn.utils.clip_grad_norm_(fm.model.parameters(), 1.0)

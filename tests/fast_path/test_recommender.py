@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from fast_path.beam_search import BeamSearchConfig, constrained_beam_search
 from fast_path.errors import EmptyHistoryError, RequestError, UnknownItemError
+from fast_path.item_head import item_head_logits, rerank
 from fast_path.model_step import HFModelStep
 from fast_path.prompt import TraceTokens, encode, left_pad
 from fast_path.recommender import Recommendation, Recommender, RecommendRequest
@@ -160,6 +161,33 @@ def test_a_fast_model_with_item_tokens_reads_each_history_item(
         rec.fast_model.model.get_input_embeddings().weight[vocab.item_offset :].normal_(0.0, 0.3)
     again = rec.recommend(RecommendRequest("u0", history=history, k=5, num_beams=8))
     assert [it.score for it in again.items] != [it.score for it in out.items]
+    # With an item head (recorded in the release) the whole beam is re-ranked by it.
+    headed = Recommender(
+        rec.fast_model, index, release_version="r", trace_store=None, history_store=None,
+        settings=RecommenderSettings.load(num_threads=1, warmup=False), trained_window=WINDOW,
+        item_head_weight=2.0,
+    )  # fmt: skip
+    got = headed.recommend(RecommendRequest("u0", history=history, k=5, num_beams=8))
+    catalog = index.catalog
+    idx = [catalog.index_of(i) for i in window]
+    ids, mask = left_pad([encode(vocab, index.sids.codes[idx], items=np.array(idx))])
+    exclusion = Exclusion.build(index.trie, [[catalog.index_of(i) for i in history]])
+    model = rec.fast_model.model
+    beam = constrained_beam_search(
+        HFModelStep(model), ids, mask, index.trie, vocab.sid_offsets,
+        BeamSearchConfig(num_beams=8, num_return=8), exclusion,
+    )  # fmt: skip
+    with torch.inference_mode():
+        head = item_head_logits(model, vocab, ids, mask, beam.items)
+    want, scores = rerank(beam.items, beam.scores, head, 2.0, 5)
+    assert _ids(got) == [catalog.item_ids[i] for i in want[0].tolist()]
+    np.testing.assert_allclose([it.score for it in got.items], scores[0].numpy(), rtol=1e-4)
+    with pytest.raises(ReleaseError, match="item tokens"):
+        Recommender(
+            tiny_release.fast_model, index, release_version="r", trace_store=None,
+            history_store=None, settings=RecommenderSettings.load(num_threads=1, warmup=False),
+            item_head_weight=1.0,
+        )  # fmt: skip
 
 
 def test_from_release_refuses_a_release_without_fast_model(

@@ -5,16 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from fast_path.fast_model import FastModel, FastModelConfig, build_model
 from fast_path.vocab import TRACE, TRACE_END, FastVocab
+from sid_index.errors import ConfigError
 from trainer.checkpoint import load_trainer_state, restore_optimizer, save_checkpoint
 from trainer.fast_trainer import (
     DecodableLogits,
     FastTrainConfig,
     add_dropout_hooks,
     draw_trace_cuts,
+    item_head_targets,
     make_batch,
     next_token_loss,
     train_fast_model,
@@ -196,7 +199,8 @@ def test_decodable_logits_skip_item_tokens_and_match_the_hf_head() -> None:
         fm, CODES, [0], [np.arange(6)], None, FastTrainConfig(), np.random.default_rng(0)
     )
     fm.model.eval()
-    ours = DecodableLogits(fm.model, fm.vocab.item_offset)(ids, mask)
+    ours, no_items = DecodableLogits(fm.model, fm.vocab.item_offset)(ids, mask)
+    assert no_items is None
     full = fm.model(input_ids=ids, attention_mask=mask).logits
     assert ours.shape[-1] == fm.vocab.item_offset
     torch.testing.assert_close(ours, full[..., : fm.vocab.item_offset])
@@ -207,6 +211,57 @@ def test_decodable_logits_skip_item_tokens_and_match_the_hf_head() -> None:
     )
     plain.model.eval()
     torch.testing.assert_close(
-        DecodableLogits(plain.model, plain.vocab.size)(ids, mask),
+        DecodableLogits(plain.model, plain.vocab.size)(ids, mask)[0],
         plain.model(input_ids=ids, attention_mask=mask).logits,
     )
+
+
+def test_item_head_targets_are_the_next_items_tokens_at_the_positions_before_them() -> None:
+    fm = _item_fm(buckets=5)
+    teacher = DominantPrefixTeacher(CODES, prefix_len=1)
+    seqs = [np.array([4, 9, 2, 11]), np.array([3, 5])]
+    cfg = FastTrainConfig(trace_dropout=0.0, max_items=8)
+    ids, _, labels = make_batch(fm, CODES, [0, 1], seqs, teacher, cfg, np.random.default_rng(1))
+    rows, cols, targets = item_head_targets(fm.vocab, ids, labels)
+    for row, seq in enumerate(seqs):
+        mine = rows == row
+        # one target per history item, in order, each its item token (index mod 5)
+        assert targets[mine].tolist() == (seq % 5).tolist()
+        # predicted from the position just before the item's first SID token
+        first = ids[row, cols[mine] + 1] - int(fm.vocab.sid_offsets[0])
+        assert first.tolist() == CODES[seq, 0].tolist()
+    fm.model.eval()
+    _, item_logits = DecodableLogits(fm.model, fm.vocab.item_offset)(ids, _, rows, cols)
+    full = fm.model(input_ids=ids).logits
+    assert item_logits is not None and item_logits.shape == (len(rows), 5)
+    torch.testing.assert_close(item_logits, full[rows, cols, fm.vocab.item_offset :])
+
+
+def test_item_loss_trains_the_item_head_and_needs_item_tokens(tmp_path: Path) -> None:
+    seqs = [np.array([i % 12, (i + 1) % 12, (i + 2) % 12, (i + 3) % 12]) for i in range(24)]
+    users = np.arange(len(seqs))
+    cfg = FastTrainConfig(
+        epochs=8, batch_size=8, lr=5e-3, warmup_steps=1, item_loss_weight=1.0, patience=8
+    )
+    with pytest.raises(ConfigError, match="item tokens"):
+        train_fast_model(_fm(), CODES, users, seqs, None, cfg, tmp_path / "a", lambda m: {})
+    fm = _item_fm()
+    ids, mask, labels = make_batch(
+        fm, CODES, users[:8], seqs[:8], None, FastTrainConfig(), np.random.default_rng(0)
+    )
+    rows, cols, targets = item_head_targets(fm.vocab, ids, labels)
+
+    def item_loss(model: FastModel) -> float:
+        model.model.eval()
+        with torch.no_grad():
+            _, logits = DecodableLogits(model.model, model.vocab.item_offset)(ids, mask, rows, cols)
+        assert logits is not None
+        return float(torch.nn.functional.cross_entropy(logits, targets))
+
+    before = item_loss(fm)
+    result = train_fast_model(
+        fm, CODES, users, seqs, None, cfg, tmp_path / "b",
+        lambda m: {"valid/recall@10": -item_loss(m)},
+    )  # fmt: skip
+    assert result.epochs_run == 8
+    assert item_loss(fm) < before - 0.5  # the next item is learnable: i -> i + 1 (mod 12)

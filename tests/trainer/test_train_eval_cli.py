@@ -57,6 +57,8 @@ def test_train_fast_then_eval(tmp_path: Path) -> None:
                 "3",
                 "--item-tokens",
                 "50",
+                "--item-loss-weight",
+                "1.0",
             ]
         )
         == 0
@@ -64,10 +66,12 @@ def test_train_fast_then_eval(tmp_path: Path) -> None:
     release = load_release(rel, require=["sid_index", "fast_model"])
     # 120 items hashed into 50 item tokens, read after each history item's SID
     assert release.manifest.configs["fast_model"]["item_buckets"] == 50
+    assert release.manifest.configs["fast_model"]["item_head_weight"] == 1.0  # decode default
     vocab = json.loads((rel / "fast_model" / "fast_vocab.json").read_text())
     assert vocab["item_buckets"] == 50
     metrics = release.manifest.metrics["fast_model"]
     assert metrics["epochs_run"] == 2 and "valid/recall@10" in metrics
+    assert "valid/recall@10_sid" in metrics  # the SID beam alone, logged next to the re-ranked
     runs = tmp_path / "rel.runs"
     assert (runs / "fast" / "curves.png").stat().st_size > 0
     assert len((runs / "fast" / "metrics.jsonl").read_text().splitlines()) == 2
@@ -91,7 +95,12 @@ def test_train_fast_then_eval(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["history_window"] == 3  # the window the model was trained (and is served) with
     models = [r["model"] for r in report["rows"]]
-    assert models == ["fast model, trace: none", "fast model, trace: oracle", "most popular"]
+    assert models == [
+        "fast model, trace: none, item head",
+        "fast model, trace: oracle, item head",
+        "most popular",
+    ]
+    assert report["rows"][0]["item_head_weight"] == 1.0
     for r in report["rows"]:
         assert 0.0 <= r["recall@5"] <= r["recall@10"] <= 1.0
     # The traced row carries its paired difference to no trace (same model, same users).
@@ -101,7 +110,14 @@ def test_train_fast_then_eval(tmp_path: Path) -> None:
     assert vs["ndcg@10"] == pytest.approx(oracle["ndcg@10"] - none["ndcg@10"])
     assert vs["recall@10_se"] >= 0 and "vs_no_trace" not in none
     md = out.with_suffix(".md").read_text()
-    assert "| most popular |" in md and "fast model, trace: oracle vs no trace" in md
+    assert "| most popular |" in md and "fast model, trace: oracle" in md
+    # --item-head-weight 0: the SID beam alone
+    plain = tmp_path / "plain.json"
+    args = ["eval", "--release", str(rel), "--teachers", "none", "--baselines", "none"]
+    assert main([*args, "--item-head-weight", "0", "--out", str(plain)]) == 0
+    assert [r["model"] for r in json.loads(plain.read_text())["rows"]] == [
+        "fast model, trace: none"
+    ]
 
 
 def test_bad_inputs_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
