@@ -10,7 +10,8 @@ Every step is a `reasonrec` command in a subprocess (1 torch thread, timed, logs
    folder; `--sids ours` builds MiniLM + residual k-means SIDs (the dataset needs item text);
 2. `train fast` with the options given after `--` (the defaults below otherwise);
 3. `eval --split test` of the best checkpoint on every test user, without a trace and with
-   the training teacher's traces, plus most-popular.
+   the training teacher's traces, plus most-popular; for a model with an item head
+   (`--item-loss-weight`), a second eval with `--item-head-weight 0` adds the SID beam alone.
 
 A step whose output exists is skipped (delete OUT to start over). SASRec's test numbers are
 read from the "Baselines" section of benchmarks/RESULTS.md (`benchmarks.baselines`), so the
@@ -89,6 +90,16 @@ def _table(report: dict[str, Any], sasrec: dict[str, float] | None) -> list[str]
         cells = " | ".join(f"{r[k]:.4f}" for k in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"))
         lines.append(f"| {name} | {cells} |")
     return lines
+
+
+def add_sid_beam_rows(rows: list[dict[str, Any]], sid_rows: list[dict[str, Any]]) -> None:
+    """Put the SID-beam-alone rows (eval with `--item-head-weight 0`) after the fast-model
+    rows and before the baselines, named as such."""
+    at = next((i for i, r in enumerate(rows) if not r["model"].startswith("fast")), len(rows))
+    named = [
+        {**r, "model": r["model"] + " (SID beam alone, no item-head re-ranking)"} for r in sid_rows
+    ]
+    rows[at:at] = named
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -176,6 +187,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         runner.run("eval", eval_cmd)
     release = json.loads(manifest.read_text())
+    commands = [build, train_cmd, eval_cmd]
+    report = json.loads(eval_json.read_text())
+    if float(release["configs"]["fast_model"].get("item_head_weight", 0.0)) > 0:
+        sid_json = out / "eval_sid_beam.json"
+        sid_cmd = [
+            "eval", "--release", str(rel), "--split", "test", "--teachers", "none",
+            "--baselines", "none", "--beams", str(args.beams), "--item-head-weight", "0",
+            "--out", str(sid_json),
+        ]  # fmt: skip
+        if sid_json.is_file():
+            runner.skip("eval (SID beam alone)", f"{sid_json} exists")
+        else:
+            runner.run("eval (SID beam alone)", sid_cmd)
+        commands.append(sid_cmd)
+        add_sid_beam_rows(report["rows"], json.loads(sid_json.read_text())["rows"])
     notes = args.note
     previous = out / "summary.json"
     earlier = json.loads(previous.read_text()) if previous.is_file() else {}
@@ -197,11 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             else f"ours: {sids_description(release)}"
         ),
         "out": str(out),
-        "eval": json.loads(eval_json.read_text()),
+        "eval": report,
         "fast_model": release["metrics"]["fast_model"],
         "sasrec": sasrec_row(args.dataset),
         "steps": runner.steps,
-        "commands": ["reasonrec " + shlex.join(c) for c in (build, train_cmd, eval_cmd)],
+        "commands": ["reasonrec " + shlex.join(c) for c in commands],
         "notes": notes,
         "figure": f"figures/fast_model_{args.dataset}.png",
     }

@@ -6,7 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.fast_model_amazon import markdown, sasrec_row, sids_description
+from benchmarks.fast_model_amazon import (
+    add_sid_beam_rows,
+    markdown,
+    sasrec_row,
+    sids_description,
+)
 
 BASELINES = """# Benchmark results
 
@@ -79,3 +84,14 @@ def test_section_compares_with_sasrec_and_says_below_or_above() -> None:
     assert "reasonrec index build --dataset amazon:X --out R" in text
     summary["eval"]["rows"][0]["recall@10"] = 0.11
     assert "above SASRec's 0.1000" in markdown(summary)
+
+
+def test_sid_beam_rows_go_between_the_fast_model_and_the_baselines() -> None:
+    rows = [{"model": "fast model, trace: none, item head"}, {"model": "most popular"}]
+    add_sid_beam_rows(rows, [{"model": "fast model, trace: none", "recall@10": 0.1}])
+    assert [r["model"] for r in rows] == [
+        "fast model, trace: none, item head",
+        "fast model, trace: none (SID beam alone, no item-head re-ranking)",
+        "most popular",
+    ]
+    assert rows[1]["recall@10"] == 0.1
