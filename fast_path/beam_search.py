@@ -67,6 +67,7 @@ def constrained_beam_search(
     token_offsets: torch.Tensor | np.ndarray | Sequence[int],
     config: BeamSearchConfig,
     exclusion: Exclusion | None = None,
+    normalize_over: int | None = None,
 ) -> BeamSearchResult:
     """Decode the best `config.num_return` catalogue items for each prompt row.
 
@@ -78,6 +79,9 @@ def constrained_beam_search(
         token_offsets: (L,) vocab id of code 0 of each level (token = offset + code).
         config: beam width and number of results.
         exclusion: per-request excluded items (row b of the batch is request b).
+        normalize_over: the log-softmax runs over token ids below this (the decodable
+            vocabulary: a fast model with item tokens, `FastVocab.item_offset`, was trained
+            to never predict them); None = the full vocabulary, as transformers does.
     """
     batch = input_ids.shape[0]
     num_levels = trie.num_levels
@@ -97,6 +101,8 @@ def constrained_beam_search(
         logits, cache = model.prefill(input_ids, attention_mask)  # (B, V)
         vocab = logits.shape[1]
         last_token = offsets + torch.tensor(trie.level_sizes) - 1
+        if normalize_over is not None:
+            vocab = min(vocab, normalize_over)
         if int(offsets.min()) < 0 or int(last_token.max()) >= vocab:
             raise DataError(
                 f"SID tokens {offsets.tolist()}+codes fall outside the vocab of {vocab}"
@@ -115,7 +121,7 @@ def constrained_beam_search(
                 states, level, exclusion, request.repeat_interleave(per_request)
             )  # (B·P, W)
             width = kids.codes.shape[1]
-            logp = torch.log_softmax(logits, dim=-1)  # (model rows, V)
+            logp = torch.log_softmax(logits[:, :vocab], dim=-1)  # (model rows, V)
             if cache_row is not None:
                 logp = logp.index_select(0, cache_row)  # dead rows read row 0; masked below
             cand = scores[:, None] + logp.gather(1, offsets[level] + kids.codes)  # (B·P, W)

@@ -334,8 +334,9 @@ class Recommender:
         input_ids, attention_mask = input_ids.to(self._device), attention_mask.to(self._device)
         with self._lock, torch.inference_mode():
             result = constrained_beam_search(
-                self._step, input_ids, attention_mask, self.trie, self._offsets, config, exclusion
-            )
+                self._step, input_ids, attention_mask, self.trie, self._offsets, config,
+                exclusion, normalize_over=self.fast_model.vocab.item_offset,
+            )  # fmt: skip
             items, scores = result.items, result.scores
             if self.item_head_weight > 0:
                 model, vocab = self.fast_model.model, self.fast_model.vocab

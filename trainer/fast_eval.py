@@ -86,7 +86,9 @@ def decode_topk(
         ids, mask = left_pad(prompts)
         device = next(fm.model.parameters()).device
         ids, mask = ids.to(device), mask.to(device)
-        result = constrained_beam_search(step, ids, mask, trie, offsets, config)
+        result = constrained_beam_search(
+            step, ids, mask, trie, offsets, config, normalize_over=fm.vocab.item_offset
+        )
         items = result.items
         if rerank_beam:
             head = item_head_logits(fm.model, fm.vocab, ids, mask, items)

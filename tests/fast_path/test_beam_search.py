@@ -377,3 +377,33 @@ def test_config_and_input_validation() -> None:
         constrained_beam_search(step, ids, torch.zeros_like(mask), trie, offsets, cfg)
     with pytest.raises(ConfigError, match="model_type='gpt2'"):
         SharedPrefixStep(_model("gpt2", vocab))
+
+
+def test_normalize_over_leaves_trailing_read_only_tokens_out_of_the_softmax() -> None:
+    """A fast model with item tokens (ids after the SIDs, never predicted) is decoded with
+    log-probabilities over the decodable ids only: the scores are the teacher-forced
+    log-softmax over that slice, and the trailing tokens' logits cannot change them."""
+    trie, codes, offsets, vocab = _trie("3lvl")
+    extra = 9  # read-only tokens after the SIDs, like item tokens
+    model = _model("llama-gqa", vocab + extra)
+    ids, mask = _prompts(vocab, [5, 3], seed=4)
+    cfg = BeamSearchConfig(num_beams=len(codes), num_return=6)  # exhaustive: exact top 6
+    ours = constrained_beam_search(
+        HFModelStep(model), ids, mask, trie, offsets, cfg, normalize_over=vocab
+    )
+    tokens = torch.from_numpy(offsets + codes)  # (N, L) token ids of every item
+    full = torch.cat([ids.repeat_interleave(len(codes), 0), tokens.repeat(2, 1)], dim=1)
+    full_mask = torch.cat(
+        [mask.repeat_interleave(len(codes), 0), torch.ones_like(tokens.repeat(2, 1))], 1
+    )
+    pos = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        logits = model(input_ids=full, attention_mask=full_mask, position_ids=pos).logits
+    logp = torch.log_softmax(logits[:, ids.shape[1] - 1 : -1, :vocab].float(), dim=-1)
+    truth = logp.gather(2, tokens.repeat(2, 1)[:, :, None])[..., 0].sum(1).view(2, -1)
+    for b in range(2):
+        want = truth[b].topk(6)
+        assert ours.items[b].tolist() == want.indices.tolist()
+        torch.testing.assert_close(ours.scores[b], want.values, atol=1e-4, rtol=1e-4)
+    plain = constrained_beam_search(HFModelStep(model), ids, mask, trie, offsets, cfg)
+    assert not torch.allclose(plain.scores, ours.scores)  # the full softmax differs

@@ -77,6 +77,7 @@ def _reference(
         release.fast_model.vocab.sid_offsets,
         BeamSearchConfig(num_beams=beams, num_return=beams),
         exclusion,
+        normalize_over=release.fast_model.vocab.item_offset,
     )
     return [catalog.item_ids[i] for i in result.items[0].tolist() if i >= 0][:k]
 
@@ -176,6 +177,7 @@ def test_a_fast_model_with_item_tokens_reads_each_history_item(
     beam = constrained_beam_search(
         HFModelStep(model), ids, mask, index.trie, vocab.sid_offsets,
         BeamSearchConfig(num_beams=8, num_return=8), exclusion,
+        normalize_over=vocab.item_offset,
     )  # fmt: skip
     with torch.inference_mode():
         head = item_head_logits(model, vocab, ids, mask, beam.items)
