@@ -35,7 +35,11 @@ def item_head_logits(
     left-padded prompt; 0 where `items` is -1 (padding)."""
     if not vocab.item_buckets:
         raise ConfigError("item-head re-ranking needs a fast model with item tokens")
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask)
+    # Positions count real tokens only, as in the beam search's prefill (left padding).
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = model.get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions
+    )
     h = hidden.last_hidden_state[:, -1]  # left padding: the last column is the prompt's end
     tokens = vocab.item_offset + items.clamp(min=0) % vocab.item_buckets
     emb = model.get_output_embeddings().weight[tokens]  # (B, K, d)
