@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -387,8 +388,10 @@ def train_fast_model(
         loaded = type(fm.model).from_pretrained(last, local_files_only=True)
         fm.model.load_state_dict(loaded.state_dict())
         restore_optimizer(last, opt)
-        for _ in range(int(state["step"])):  # type: ignore[call-overload]
-            sched.step()
+        with warnings.catch_warnings():  # fast-forwarding the schedule, no optimizer step due
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            for _ in range(int(state["step"])):  # type: ignore[call-overload]
+                sched.step()
         log.info("resumed from %s at epoch %s", last, state["epoch"])
 
     cuts = None
