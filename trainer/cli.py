@@ -208,12 +208,12 @@ def _train_fast(args: argparse.Namespace) -> int:
 
     def validate(model: FastModel) -> dict[str, float]:
         out: dict[str, float] = {}
-        runs = [("trace", teacher, head_weight), ("notrace", None, head_weight)]
+        runs = [(teacher, head_weight, "")]  # (trace source, item-head weight, metric suffix)
+        if teacher is not None:
+            runs.append((None, head_weight, "_notrace"))
         if head_weight > 0:
-            runs.append(("sid", None, 0.0))  # the SID beam alone, for comparison
-        for mode, t, weight in runs:
-            if mode == "trace" and t is None:
-                continue
+            runs.append((None, 0.0, "_sid"))  # the SID beam alone, for comparison
+        for t, weight, suffix in runs:
             m = evaluate_fast(
                 model,
                 ws.index.trie,
@@ -226,8 +226,6 @@ def _train_fast(args: argparse.Namespace) -> int:
                 max_items=args.max_items,
                 item_head_weight=weight,
             )
-            suffix = "" if mode == "trace" or teacher is None else "_notrace"
-            suffix = "_sid" if mode == "sid" else suffix
             out.update(
                 {f"valid/{k}{suffix}": v for k, v in m.to_dict().items() if k != "num_users"}
             )

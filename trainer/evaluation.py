@@ -132,7 +132,7 @@ def run_evaluation(req: EvalRequest) -> dict[str, Any]:
                 extra["item_head_weight"] = head_weight
             stats = getattr(teacher, "stats", None)  # the reasoner counts parse failures
             if stats is not None:
-                extra = {"parseable_traces": stats.parse_rate, "trace_stats": stats.to_dict()}
+                extra.update(parseable_traces=stats.parse_rate, trace_stats=stats.to_dict())
             if getattr(teacher, "known_personas", None) is not None:
                 extra["labelled_personas"] = True  # the users' own labels: an oracle persona
             rows.append(
