@@ -57,6 +57,10 @@ class BeamSearchResult:
     """(B, K, L) int64 SID codes of each item; -1 in padded slots."""
     scores: torch.Tensor
     """(B, K) float32 summed log-probabilities (non-increasing per row); -inf in padded slots."""
+    prompt_logits: torch.Tensor
+    """(B, V) float32 next-token logits at the end of each prompt (the prefill's, full
+    vocabulary): what a caller needs to score tokens the search does not decode, e.g. the
+    item head's item tokens (`fast_path/item_head.py`), without another forward pass."""
 
 
 def constrained_beam_search(
@@ -99,6 +103,7 @@ def constrained_beam_search(
 
     with torch.inference_mode():
         logits, cache = model.prefill(input_ids, attention_mask)  # (B, V)
+        prompt_logits = logits
         vocab = logits.shape[1]
         last_token = offsets + torch.tensor(trie.level_sizes) - 1
         if normalize_over is not None:
@@ -161,10 +166,16 @@ def constrained_beam_search(
         items = torch.where(alive, trie.leaf_item(states).view(batch, -1), -1)
         sids = torch.where(alive[:, :, None], history, -1)
         top_scores = torch.where(alive, scores.view(batch, -1), float("-inf"))
-        return _pad(items, sids, top_scores, config.num_return)
+        return _pad(items, sids, top_scores, prompt_logits, config.num_return)
 
 
-def _pad(items: torch.Tensor, sids: torch.Tensor, scores: torch.Tensor, k: int) -> BeamSearchResult:
+def _pad(
+    items: torch.Tensor,
+    sids: torch.Tensor,
+    scores: torch.Tensor,
+    prompt_logits: torch.Tensor,
+    k: int,
+) -> BeamSearchResult:
     """Pad (or cut) the (B, k') results to exactly k columns (k' < k when the trie is narrow)."""
     items, sids, scores = items[:, :k], sids[:, :k], scores[:, :k]
     missing = k - items.shape[1]
@@ -172,4 +183,4 @@ def _pad(items: torch.Tensor, sids: torch.Tensor, scores: torch.Tensor, k: int) 
         items = torch.nn.functional.pad(items, (0, missing), value=-1)
         sids = torch.nn.functional.pad(sids, (0, 0, 0, missing), value=-1)
         scores = torch.nn.functional.pad(scores, (0, missing), value=float("-inf"))
-    return BeamSearchResult(items=items, sids=sids, scores=scores)
+    return BeamSearchResult(items=items, sids=sids, scores=scores, prompt_logits=prompt_logits)

@@ -8,42 +8,32 @@ The beam search proposes candidates; each is re-scored as
 
     score = log p_SID(item) + weight · <h, e_item>
 
-where h is the last prompt position's hidden state and e_item the item token's embedding.
-The item head's log-softmax normaliser is the same for every candidate of a request, so the
-raw logit ranks exactly like the log-probability — and only the beam's B candidate rows are
-gathered (O(B·d) per request, at any catalogue size). The hidden state costs one more
-forward pass over the prompt (the beam search's prefill does not return it).
+where h is the last prompt position's hidden state and e_item the item token's output
+embedding (tied to its input embedding by default). <h, e_item> is the LM's logit of the item
+token at the end of the prompt, which the beam search's prefill has already computed
+(`BeamSearchResult.prompt_logits`): re-ranking gathers one value per candidate and runs no
+extra forward pass. The
+item head's log-softmax normaliser is the same for every candidate of a request, so the raw
+logit ranks exactly like the log-probability.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import PreTrainedModel
 
 from fast_path.vocab import FastVocab
 from sid_index.errors import ConfigError
 
 
 def item_head_logits(
-    model: PreTrainedModel,
-    vocab: FastVocab,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    items: torch.Tensor,
+    vocab: FastVocab, prompt_logits: torch.Tensor, items: torch.Tensor
 ) -> torch.Tensor:
-    """(B, K) item-head logits of candidate catalogue indices `items` (B, K) after each
-    left-padded prompt; 0 where `items` is -1 (padding)."""
+    """(B, K) item-head logits of candidate catalogue indices `items` (B, K), read from the
+    (B, V) next-token logits at the end of each prompt; 0 where `items` is -1 (padding)."""
     if not vocab.item_buckets:
         raise ConfigError("item-head re-ranking needs a fast model with item tokens")
-    # Positions count real tokens only, as in the beam search's prefill (left padding).
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = model.get_decoder()(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions
-    )
-    h = hidden.last_hidden_state[:, -1]  # left padding: the last column is the prompt's end
     tokens = vocab.item_offset + items.clamp(min=0) % vocab.item_buckets
-    emb = model.get_output_embeddings().weight[tokens]  # (B, K, d)
-    logits = torch.einsum("bkd,bd->bk", emb.float(), h.float())
+    logits = prompt_logits.float().gather(1, tokens)
     return torch.where(items >= 0, logits, torch.zeros_like(logits))
 
 

@@ -339,8 +339,7 @@ class Recommender:
             )  # fmt: skip
             items, scores = result.items, result.scores
             if self.item_head_weight > 0:
-                model, vocab = self.fast_model.model, self.fast_model.vocab
-                head = item_head_logits(model, vocab, input_ids, attention_mask, items)
+                head = item_head_logits(self.fast_model.vocab, result.prompt_logits, items)
                 items, scores = rerank(items, scores, head, self.item_head_weight, beams)
         return items.cpu().numpy(), scores.cpu().numpy().astype(np.float64)
 

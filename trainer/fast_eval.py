@@ -91,7 +91,7 @@ def decode_topk(
         )
         items = result.items
         if rerank_beam:
-            head = item_head_logits(fm.model, fm.vocab, ids, mask, items)
+            head = item_head_logits(fm.vocab, result.prompt_logits, items)
             items, _ = rerank(items, result.scores, head, item_head_weight, k)
         out[rows] = items.cpu().numpy()
     return out

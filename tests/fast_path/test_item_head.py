@@ -9,6 +9,7 @@ import torch
 
 from fast_path.fast_model import FastModelConfig, build_model
 from fast_path.item_head import item_head_logits, rerank
+from fast_path.model_step import HFModelStep, SharedPrefixStep
 from fast_path.prompt import encode, left_pad
 from fast_path.vocab import FastVocab
 from sid_index.errors import ConfigError
@@ -23,7 +24,10 @@ def _model(vocab: FastVocab) -> torch.nn.Module:
     return build_model(vocab, cfg).eval()
 
 
-def test_item_head_logits_are_the_lm_logits_of_the_item_tokens() -> None:
+@pytest.mark.parametrize("adapter", [HFModelStep, SharedPrefixStep])
+def test_item_head_logits_come_from_the_prefill_logits_of_the_item_tokens(adapter: type) -> None:
+    """The beam search's prefill logits at the end of each (left-padded) prompt hold the item
+    head's logits: gathered per candidate they equal the full model's item-token logits."""
     vocab = FastVocab(level_sizes=(4, 3), num_personas=2, item_buckets=5)
     model = _model(vocab)
     codes = np.array([[1, 2], [3, 0], [0, 1]])
@@ -32,14 +36,16 @@ def test_item_head_logits_are_the_lm_logits_of_the_item_tokens() -> None:
     )
     items = torch.tensor([[0, 6, -1], [4, 3, 2]])
     with torch.inference_mode():
-        got = item_head_logits(model, vocab, ids, mask, items)
-        full = model(input_ids=ids, attention_mask=mask).logits[:, -1]
+        prompt_logits, _ = adapter(model).prefill(ids, mask)
+        got = item_head_logits(vocab, prompt_logits, items)
+        rows = [model(input_ids=ids[b : b + 1, mask[b].bool()]).logits[0, -1] for b in range(2)]
+    full = torch.stack(rows)  # each prompt alone, no padding
     want = full[torch.arange(2)[:, None], vocab.item_offset + items.clamp(min=0) % 5]
-    torch.testing.assert_close(got[0, :2], want[0, :2])
-    torch.testing.assert_close(got[1], want[1])
+    torch.testing.assert_close(got[0, :2], want[0, :2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
     assert got[0, 2] == 0.0  # padding slot
     with pytest.raises(ConfigError, match="item tokens"):
-        item_head_logits(model, FastVocab(level_sizes=(4, 3)), ids, mask, items)
+        item_head_logits(FastVocab(level_sizes=(4, 3)), prompt_logits, items)
 
 
 def test_rerank_orders_by_the_combined_score_and_keeps_padding_last() -> None:

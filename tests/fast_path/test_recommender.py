@@ -179,8 +179,8 @@ def test_a_fast_model_with_item_tokens_reads_each_history_item(
         BeamSearchConfig(num_beams=8, num_return=8), exclusion,
         normalize_over=vocab.item_offset,
     )  # fmt: skip
-    with torch.inference_mode():
-        head = item_head_logits(model, vocab, ids, mask, beam.items)
+    with torch.inference_mode():  # the item tokens' logits after the prompt, computed here
+        head = item_head_logits(vocab, model(input_ids=ids).logits[:, -1], beam.items)
     want, scores = rerank(beam.items, beam.scores, head, 2.0, 5)
     assert _ids(got) == [catalog.item_ids[i] for i in want[0].tolist()]
     np.testing.assert_allclose([it.score for it in got.items], scores[0].numpy(), rtol=1e-4)
