@@ -27,8 +27,8 @@ from trainer.teachers import DominantPrefixTeacher
 CODES = np.array([[i % 4, i // 4, 0] for i in range(12)], dtype=np.int32)
 
 
-def _fm() -> FastModel:
-    vocab = FastVocab(level_sizes=(4, 3, 1), num_personas=2)
+def _fm(item_buckets: int = 0) -> FastModel:
+    vocab = FastVocab(level_sizes=(4, 3, 1), num_personas=2, item_buckets=item_buckets)
     cfg = FastModelConfig(
         hidden_size=32,
         num_layers=1,
@@ -166,17 +166,8 @@ def test_fixed_trace_cuts_are_precomputed_in_one_batch(tmp_path: Path) -> None:
     assert len(teacher.cache) == sum(len(c) for c in cuts)
 
 
-def _item_fm(buckets: int = 12) -> FastModel:
-    vocab = FastVocab(level_sizes=(4, 3, 1), num_personas=2, item_buckets=buckets)
-    cfg = FastModelConfig(
-        hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=32,
-        max_positions=256,
-    )  # fmt: skip
-    return FastModel(build_model(vocab, cfg), vocab, cfg)
-
-
 def test_item_tokens_are_read_but_never_labelled() -> None:
-    fm = _item_fm()
+    fm = _fm(item_buckets=12)
     teacher = DominantPrefixTeacher(CODES, prefix_len=1)
     seqs = [np.arange(10) % 12, np.array([3, 5, 7])]
     cfg = FastTrainConfig(trace_dropout=0.0, max_items=8)
@@ -194,7 +185,7 @@ def test_item_tokens_are_read_but_never_labelled() -> None:
 
 
 def test_decodable_logits_skip_item_tokens_and_match_the_hf_head() -> None:
-    fm = _item_fm()
+    fm = _fm(item_buckets=12)
     ids, mask, _ = make_batch(
         fm, CODES, [0], [np.arange(6)], None, FastTrainConfig(), np.random.default_rng(0)
     )
@@ -217,7 +208,7 @@ def test_decodable_logits_skip_item_tokens_and_match_the_hf_head() -> None:
 
 
 def test_item_head_targets_are_the_next_items_tokens_at_the_positions_before_them() -> None:
-    fm = _item_fm(buckets=5)
+    fm = _fm(item_buckets=5)
     teacher = DominantPrefixTeacher(CODES, prefix_len=1)
     seqs = [np.array([4, 9, 2, 11]), np.array([3, 5])]
     cfg = FastTrainConfig(trace_dropout=0.0, max_items=8)
@@ -245,7 +236,7 @@ def test_item_loss_trains_the_item_head_and_needs_item_tokens(tmp_path: Path) ->
     )
     with pytest.raises(ConfigError, match="item tokens"):
         train_fast_model(_fm(), CODES, users, seqs, None, cfg, tmp_path / "a", lambda m: {})
-    fm = _item_fm()
+    fm = _fm(item_buckets=12)
     ids, mask, labels = make_batch(
         fm, CODES, users[:8], seqs[:8], None, FastTrainConfig(), np.random.default_rng(0)
     )
